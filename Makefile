@@ -1,0 +1,50 @@
+# Two commands for a fresh machine: `make run` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# llama-cpp-python compiles from source; see deploy/cmake-args.sh for why not -march=native.
+CMAKE_ARGS ?= $(shell sh deploy/cmake-args.sh)
+export CMAKE_ARGS
+
+.PHONY: install install-dev tools run test test-fast lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/pip install -e '.[dev]'
+	# Pinned so that pip takes the CPU build kept on the build machines' disk.
+	$(BIN)/pip install 'torch==2.13.0'
+	$(BIN)/pip install -e '.[heavy]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+run: install
+	$(BIN)/python -m bot
+
+tools:
+	sh deploy/dev-tools.sh
+
+test: install-dev tools
+	$(BIN)/python -m pytest
+
+# Everything but the conversion proofs against transformers (about N minutes less).
+test-fast: install-dev
+	$(BIN)/python -m pytest -m 'not heavy'
+
+lint: install-dev
+	$(BIN)/ruff check bot storage models tests
+	$(BIN)/mypy
+
+bench: install-dev
+	$(BIN)/domovoy bench --json
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tiny_model import build_tiny_gguf, build_tiny_lora  # noqa: E402
+
+from models.engine import SamplingParams  # noqa: E402
+from models.loader import ModelConfig  # noqa: E402
+from models.runtime import ChatModel, load_chat_model  # noqa: E402
+from models.tokenizer import LlamaTokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_gguf(tmp_path_factory.mktemp("model") / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_lora(tmp_path_factory.mktemp("lora") / "tiny-lora.gguf")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_gguf: Path) -> LlamaTokenizer:
+    return LlamaTokenizer.from_file(tiny_gguf)
+
+
+GREEDY = SamplingParams(temperature=0.0, top_p=1.0, top_k=1, repeat_penalty=1.0)
+
+
+@pytest.fixture
+async def chat_model(tiny_gguf: Path) -> AsyncIterator[ChatModel]:
+    model = load_chat_model(
+        ModelConfig(model_path=tiny_gguf, n_ctx=2048, n_threads=2, seed=7),
+        template="gigasaiga",
+        max_new_tokens=64,
+        sampling=GREEDY,
+    )
+    yield model
+    await model.close()

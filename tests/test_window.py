@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import pytest
+
+from models.errors import WindowError
+from models.templates import ChatMessage, get_template
+from models.tokenizer import LlamaTokenizer
+from models.window import Window
+
+SYSTEM = "Ты — Сайга, русскоязычный автоматический ассистент."
+RESERVE = 64
+
+
+def history(turns: int) -> list[ChatMessage]:
+    messages: list[ChatMessage] = []
+    for i in range(turns):
+        messages.append(ChatMessage("user", f"Вопрос номер {i}: как приготовить борщ?"))
+        messages.append(ChatMessage("bot", f"Ответ номер {i}: нужны свёкла и капуста."))
+    messages.append(ChatMessage("user", "Спасибо! А что дальше?"))
+    return messages
+
+
+def window(tokenizer: LlamaTokenizer, n_ctx: int) -> Window:
+    return Window(get_template("gigasaiga"), tokenizer, n_ctx=n_ctx, reserve=RESERVE)
+
+
+def full_prompt(tokenizer: LlamaTokenizer, messages: list[ChatMessage]) -> list[int]:
+    return get_template("gigasaiga").encode([ChatMessage("system", SYSTEM), *messages], tokenizer)
+
+
+def test_everything_fits(tokenizer: LlamaTokenizer) -> None:
+    messages = history(3)
+    result = window(tokenizer, 2048).fit(SYSTEM, messages)
+    assert result.tokens == full_prompt(tokenizer, messages)
+    assert result.dropped_turns == 0
+    assert result.messages == messages
+    assert result.max_new_tokens == RESERVE
+
+
+def test_exact_fit_and_one_token_over(tokenizer: LlamaTokenizer) -> None:
+    messages = history(4)
+    needed = len(full_prompt(tokenizer, messages))
+    exact = window(tokenizer, needed + RESERVE).fit(SYSTEM, messages)
+    assert exact.dropped_turns == 0
+    assert exact.n_prompt == needed
+    assert exact.n_prompt + RESERVE == exact.n_ctx
+
+    over = window(tokenizer, needed + RESERVE - 1).fit(SYSTEM, messages)
+    assert over.dropped_turns == 1
+    assert over.dropped_messages == 2
+    assert over.messages == messages[2:]
+    assert over.tokens == full_prompt(tokenizer, messages[2:])
+    assert over.n_prompt <= over.budget
+
+
+def test_drops_oldest_whole_turns_and_keeps_newest(tokenizer: LlamaTokenizer) -> None:
+    messages = history(40)
+    result = window(tokenizer, 512).fit(SYSTEM, messages)
+    assert 0 < result.dropped_turns < 40
+    assert result.n_prompt <= 512 - RESERVE
+    assert result.messages[0].role == "user"
+    assert result.messages[-1] == messages[-1]
+    assert result.messages == messages[2 * result.dropped_turns :]
+    # Keeping one more turn would not have fitted.
+    one_more = messages[2 * (result.dropped_turns - 1) :]
+    assert len(full_prompt(tokenizer, one_more)) > 512 - RESERVE
+
+
+def test_bot_message_without_user_is_never_kept(tokenizer: LlamaTokenizer) -> None:
+    messages = [ChatMessage("bot", "Я начал первым."), *history(1)]
+    result = window(tokenizer, 2048).fit(SYSTEM, messages)
+    assert result.messages[0].role == "user"
+    assert result.dropped_messages == 1
+
+
+def test_giant_last_message_keeps_its_end(tokenizer: LlamaTokenizer) -> None:
+    giant = "начало " + "очень длинное сообщение " * 2000 + "КОНЕЦ СООБЩЕНИЯ"
+    messages = [*history(2)[:-1], ChatMessage("user", giant)]
+    result = window(tokenizer, 512).fit(SYSTEM, messages)
+    assert result.truncated_last
+    assert result.dropped_messages == 4
+    assert result.n_prompt <= 512 - RESERVE
+    assert result.n_prompt >= 512 - RESERVE - 8  # the room is used, not wasted
+    kept = result.messages[-1].content
+    assert giant.endswith(kept)
+    assert kept.endswith("КОНЕЦ СООБЩЕНИЯ")
+    assert "начало" not in kept
+    assert result.tokens == full_prompt(tokenizer, [ChatMessage("user", kept)])
+
+
+def test_giant_system_prompt_is_a_configuration_error(tokenizer: LlamaTokenizer) -> None:
+    giant_system = "Ты очень подробный ассистент. " * 400
+    with pytest.raises(WindowError, match="system prompt takes \\d+ tokens"):
+        window(tokenizer, 512).fit(giant_system, history(1))
+
+
+def test_reserve_must_leave_room(tokenizer: LlamaTokenizer) -> None:
+    with pytest.raises(WindowError, match="MAX_NEW_TOKENS"):
+        Window(get_template("gigasaiga"), tokenizer, n_ctx=512, reserve=512)
+
+
+def test_newest_message_must_be_the_users(tokenizer: LlamaTokenizer) -> None:
+    with pytest.raises(ValueError, match="newest message"):
+        window(tokenizer, 2048).fit(SYSTEM, history(1)[:-1])
