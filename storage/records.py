@@ -1,0 +1,54 @@
+"""Plain, frozen records the repositories hand out instead of ORM objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, get_args
+
+Role = Literal["user", "bot"]
+# "pending": a bot reply row created before generation and updated while it streams.
+Status = Literal["complete", "partial", "failed", "pending"]
+
+ROLES: tuple[str, ...] = get_args(Role)
+STATUSES: tuple[str, ...] = get_args(Status)
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    id: int  # Telegram user id
+    username: str | None
+    first_name: str | None
+    language_code: str | None
+    system_prompt: str | None  # None: the model's default
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationRecord:
+    id: int
+    user_id: int
+    chat_id: int  # private chat: equals user_id
+    started_at: datetime
+    closed_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    id: int
+    conversation_id: int
+    role: Role
+    text: str
+    status: Status
+    n_tokens: int | None
+    telegram_message_ids: tuple[int, ...]
+    model: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StorageStats:
+    users: int
+    conversations: int
+    messages: int
