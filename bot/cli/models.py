@@ -1,0 +1,118 @@
+"""`domovoy models list|download|info`: find a model that fits, fetch it, look inside a GGUF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from models.registry import ModelEntry
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"Error: {message}", err=True)
+    return typer.Exit(1)
+
+
+def _entry_header(entry: ModelEntry) -> list[str]:
+    flag = " (default)" if entry.default else ""
+    kind = f"LoRA for {entry.base}" if entry.kind == "lora" else "GGUF"
+    return [
+        f"{entry.name}{flag}  {entry.repo}",
+        f"  {kind}, template {entry.template}, context {entry.context_length}. {entry.notes}",
+    ]
+
+
+def list_models() -> None:
+    """The known models, their quantizations with sizes, and which fit this machine's RAM."""
+    from bot.settings import Settings
+    from models.hub import HubError, HubUnreachable, check_reachable, list_repo, resolve_endpoint
+    from models.registry import REGISTRY, RUNTIME_OVERHEAD, human_size, ram_estimate, total_ram
+
+    settings = Settings()
+    token = settings.hf_token.get_secret_value() if settings.hf_token else None
+    endpoint = resolve_endpoint()
+    ram = total_ram()
+    offline: str | None = None
+    try:
+        check_reachable(endpoint)
+    except HubUnreachable as exc:
+        offline = str(exc)
+
+    typer.echo(
+        f"RAM estimate = file size + KV cache for N_CTX={settings.n_ctx} + "
+        f"{human_size(RUNTIME_OVERHEAD)}; this machine has {human_size(ram)} of RAM."
+    )
+    if offline:
+        typer.echo(f"Sizes unknown: {offline}")
+    for entry in REGISTRY:
+        typer.echo("")
+        for line in _entry_header(entry):
+            typer.echo(line)
+        if offline:
+            typer.echo("  quantizations and sizes unknown (hub unreachable)")
+            continue
+        try:
+            listing = list_repo(entry, endpoint=endpoint, token=token)
+        except HubError as exc:
+            typer.echo(f"  listing failed: {exc}")
+            continue
+        if listing.adapter is not None:
+            typer.echo(
+                f"  adapter files: {', '.join(listing.adapter.paths)} "
+                f"({human_size(listing.adapter.size)})"
+            )
+            continue
+        if not listing.quants:
+            typer.echo("  no GGUF files found in the repository")
+        for quant in listing.quants:
+            need = ram_estimate(entry, quant.size, settings.n_ctx)
+            mark = "fits" if need <= ram else "too big for this RAM"
+            typer.echo(
+                f"  {quant.quant:<8} {human_size(quant.size):>10}   "
+                f"RAM ~{human_size(need):>10}   {mark}"
+            )
+
+
+def download(
+    name: Annotated[str, typer.Argument(help="A name from `domovoy models list`, or owner/repo.")],
+    quant: Annotated[str, typer.Option(help="Quantization, e.g. Q4_K_M, Q5_K_M, Q8_0.")] = "Q4_K_M",
+) -> None:
+    """Download a model (a LoRA also fetches its base) into DATA_DIR/models."""
+    from bot.settings import Settings
+    from models.errors import ModelError
+    from models.hub import download as hub_download
+
+    settings = Settings()
+    token = settings.hf_token.get_secret_value() if settings.hf_token else None
+    try:
+        result = hub_download(
+            name, quant, models_dir=settings.models_dir, n_ctx=settings.n_ctx, token=token
+        )
+    except ModelError as exc:
+        raise _fail(str(exc)) from None
+    for warning in result.warnings:
+        typer.echo(f"Warning: {warning}", err=True)
+    typer.echo(
+        "Done. Put these lines into the configuration (/etc/domovoy/domovoy.env or .env):", err=True
+    )
+    typer.echo(f"MODEL_PATH={result.model_path}")
+    typer.echo(f"LORA_PATH={result.lora_path or ''}")
+    typer.echo(f"TEMPLATE={result.template}")
+
+
+def info(
+    path: Annotated[Path, typer.Argument(help="A GGUF file.")],
+) -> None:
+    """Read a GGUF header: architecture, context, parameters, quantization, template."""
+    from models.errors import ModelError
+    from models.gguf_info import read_gguf_info
+
+    try:
+        facts = read_gguf_info(path)
+    except ModelError as exc:
+        raise _fail(str(exc)) from None
+    for line in facts.lines():
+        typer.echo(line)
