@@ -3,6 +3,12 @@
 One llama.cpp context is not thread-safe, so a single worker thread owns it and requests wait
 in a FIFO queue. Callers get a `Generation` handle: its text deltas as an async iterator, its
 place in the queue, `cancel()`, and the final result.
+
+The context holds one conversation at a time. A request tagged with a conversation `key`
+continues the live context when that conversation ran last; otherwise the live conversation's
+state goes into the `StateCache` first, and the new request restores its own kept state when
+that state's tokens start its prompt. Only the rest of the prompt is evaluated. All of this
+happens on the worker thread, like everything else that touches the context.
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+from models.state_cache import StateCache, capture, common_prefix, restore, scrub
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +42,9 @@ class LlamaLike(Protocol):
 
     n_tokens: int
     input_ids: npt.NDArray[np.intc]
+
+    @property
+    def ctx(self) -> Any: ...
 
     def eval(self, tokens: Sequence[int]) -> None: ...
 
@@ -68,6 +79,7 @@ class GenerationResult:
     finish_reason: FinishReason
     prompt_seconds: float
     generation_seconds: float
+    n_prompt_restored: int = 0  # tokens that came from a kept state instead of evaluation
 
     @property
     def tokens_per_second(self) -> float:
@@ -85,8 +97,10 @@ class Generation:
         prompt: list[int],
         max_new_tokens: int,
         logits_processor: LogitsProcessor | None,
+        key: str | None = None,
     ) -> None:
         self.id = next(engine._ids)
+        self.key = key
         self.prompt = prompt
         self.max_new_tokens = max_new_tokens
         self.logits_processor = logits_processor
@@ -130,8 +144,12 @@ class ChatEngine:
         n_batch: int = 512,
         stop_ids: set[int],
         sampling: SamplingParams | None = None,
+        state_cache: StateCache | None = None,
     ) -> None:
         self._llama = llama
+        self.state_cache = state_cache
+        # The conversation the live context belongs to; None when nobody may claim it.
+        self._live_key: str | None = None
         self.n_ctx = n_ctx
         self._n_batch = n_batch
         self._stop_ids = stop_ids | {llama.token_eos()}
@@ -143,6 +161,10 @@ class ChatEngine:
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
         self._ids = itertools.count(1)
+
+    @property
+    def stop_ids(self) -> frozenset[int]:
+        return frozenset(self._stop_ids)
 
     @property
     def queue_length(self) -> int:
@@ -160,8 +182,13 @@ class ChatEngine:
         *,
         max_new_tokens: int,
         logits_processor: LogitsProcessor | None = None,
+        key: str | None = None,
     ) -> Generation:
-        """Queue a prompt; prompt plus reply is capped at `n_ctx` whatever is asked."""
+        """Queue a prompt; prompt plus reply is capped at `n_ctx` whatever is asked.
+
+        `key` names the conversation (for example f"{user_id}:{chat_id}") so that its model
+        state can be kept and restored; without it only the live context's prefix is reused.
+        """
         if self._closed:
             raise RuntimeError("the engine is closed")
         if not prompt:
@@ -169,7 +196,7 @@ class ChatEngine:
         if len(prompt) >= self.n_ctx:
             raise ValueError(f"prompt of {len(prompt)} tokens does not fit n_ctx={self.n_ctx}")
         cap = min(max_new_tokens, self.n_ctx - len(prompt))
-        generation = Generation(self, list(prompt), cap, logits_processor)
+        generation = Generation(self, list(prompt), cap, logits_processor, key)
         self._queue.append(generation)
         if self._worker is None:
             self._wakeup = asyncio.Event()
@@ -212,6 +239,42 @@ class ChatEngine:
             GenerationResult("", 0, len(generation.prompt), 0, "cancelled", 0.0, 0.0)
         )
 
+    def _switch_context(self, generation: Generation, prompt: npt.NDArray[np.intc]) -> int:
+        """Make the context hold the longest available prefix of the prompt.
+
+        Returns how many prompt tokens a kept state supplied (0 when the live context is used).
+        """
+        cache, llama, key = self.state_cache, self._llama, generation.key
+        if cache is None or (key is not None and key == self._live_key):
+            self._live_key = key
+            return 0
+        # Fetch this conversation's state before keeping the live one, whose arrival could
+        # otherwise push it out of the budget.
+        state = None
+        kept = cache.tokens(key) if key is not None else None
+        if key is not None and kept is not None:
+            useful = common_prefix(kept, prompt)
+            # The live context may do as well (say, the same system prompt): then keep it.
+            if useful > common_prefix(llama.input_ids[: llama.n_tokens], prompt):
+                state = cache.load(key)
+        if self._live_key is not None and llama.n_tokens > 0:
+            # Another conversation is about to overwrite the context: keep this one first.
+            try:
+                cache.put(self._live_key, capture(llama))
+            except (RuntimeError, MemoryError) as exc:
+                logger.warning("could not keep a conversation's state: %s", exc)
+        self._live_key = key
+        if state is None:
+            return 0
+        if not restore(llama, state):
+            logger.warning("llama.cpp refused a kept state; evaluating the prompt in full")
+            assert key is not None
+            cache.drop(key)
+            return 0
+        restored = min(common_prefix(state.tokens, prompt), len(prompt) - 1)
+        logger.debug("restored %d of %d prompt tokens", restored, len(prompt))
+        return restored
+
     def _feed_prompt(self, generation: Generation) -> int | None:
         """Evaluate the prompt in batches, reusing the context's matching prefix.
 
@@ -219,12 +282,7 @@ class ChatEngine:
         takes minutes on a CPU and a cancel must not wait for all of it.
         """
         llama, prompt = self._llama, generation.prompt
-        cached = llama.input_ids[: llama.n_tokens]
-        prefix = 0
-        for a, b in zip(cached, prompt, strict=False):
-            if a != b:
-                break
-            prefix += 1
+        prefix = common_prefix(llama.input_ids[: llama.n_tokens], np.asarray(prompt, np.intc))
         # The last prompt token is always evaluated again: sampling needs its fresh logits.
         prefix = min(prefix, len(prompt) - 1)
         llama.n_tokens = prefix
@@ -241,11 +299,12 @@ class ChatEngine:
             loop.call_soon_threadsafe(generation._deltas.put_nowait, delta)
 
         started = time.perf_counter()
+        restored = self._switch_context(generation, np.asarray(generation.prompt, np.intc))
         evaluated = self._feed_prompt(generation)
         prompt_seconds = time.perf_counter() - started
         if evaluated is None:
             return GenerationResult(
-                "", 0, len(generation.prompt), 0, "cancelled", prompt_seconds, 0.0
+                "", 0, len(generation.prompt), 0, "cancelled", prompt_seconds, 0.0, restored
             )
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         pieces: list[str] = []
@@ -292,7 +351,33 @@ class ChatEngine:
             finish_reason=finish,
             prompt_seconds=prompt_seconds,
             generation_seconds=time.perf_counter() - gen_started,
+            n_prompt_restored=restored,
         )
+
+    async def invalidate(self, key: str) -> None:
+        """The conversation's beginning changed (/reset, /system): its kept state is useless."""
+        await self._on_worker(self._drop_blocking, key, False)
+
+    async def forget(self, key: str) -> None:
+        """Erase every trace of the conversation: kept states, files, and the live context."""
+        await self._on_worker(self._drop_blocking, key, True)
+
+    async def _on_worker(self, function: Callable[[str, bool], None], *args: Any) -> None:
+        # Runs between two generations, never during one: the executor has one thread.
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        except RuntimeError:
+            if not self._closed:
+                raise
+            function(*args)  # the worker is gone after close(); nothing else uses the context
+
+    def _drop_blocking(self, key: str, scrub_live: bool) -> None:
+        if self.state_cache is not None:
+            self.state_cache.drop(key)
+        if self._live_key == key:
+            self._live_key = None
+            if scrub_live and not self._closed:
+                scrub(self._llama)
 
     def cancel_all(self) -> None:
         for generation in list(self._queue):

@@ -7,12 +7,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import llama_cpp
+from llama_cpp import Llama
+
 from models.engine import ChatEngine, SamplingParams
 from models.errors import ModelLoadError
 from models.loader import ModelConfig, load_llama
+from models.state_cache import FileStamp, StateCache, StateCacheConfig, StateIdentity
 from models.templates import ChatMessage, ChatTemplate, get_template
 from models.tokenizer import LlamaTokenizer, Tokenizer
-from models.window import Window, WindowResult
+from models.window import DEFAULT_LOW_WATERMARK, Window, WindowResult
 
 logger = logging.getLogger(__name__)
 
@@ -48,19 +52,66 @@ def fit_context(config: ModelConfig, trained: int) -> ModelConfig:
     return config
 
 
+def state_identity(config: ModelConfig, llama: Llama) -> StateIdentity:
+    """What a kept state was made with; a file made with anything else is stale."""
+    params = llama.context_params
+    return StateIdentity(
+        model=FileStamp.of(config.model_path),
+        lora=FileStamp.of(config.lora_path) if config.lora_path is not None else None,
+        lora_scale=float(config.lora_scale),
+        n_ctx=int(llama.n_ctx()),
+        n_batch=int(llama.n_batch),
+        type_k=int(params.type_k),
+        type_v=int(params.type_v),
+        llama_cpp=str(llama_cpp.__version__),
+    )
+
+
+def make_state_cache(
+    settings: StateCacheConfig | None, config: ModelConfig, llama: Llama
+) -> StateCache | None:
+    if settings is None or not settings.enabled:
+        return None
+    cache = StateCache(
+        state_identity(config, llama),
+        ram_bytes=settings.ram_bytes,
+        disk_bytes=settings.disk_bytes,
+        directory=settings.directory,
+    )
+    logger.info(
+        "Keeping conversation states: %d MB in RAM, %d MB on disk%s",
+        settings.ram_bytes // 2**20,
+        cache.disk_budget // 2**20,
+        f" in {settings.directory}" if settings.directory else "",
+    )
+    return cache
+
+
 def load_chat_model(
     config: ModelConfig,
     *,
     template: str,
     max_new_tokens: int,
     sampling: SamplingParams | None = None,
+    state_cache: StateCacheConfig | None = None,
+    window_low_watermark: float = DEFAULT_LOW_WATERMARK,
 ) -> ChatModel:
-    """Blocking: loads the weights. Call it from a thread when an event loop is running."""
+    """Blocking: loads the weights. Call it from a thread when an event loop is running.
+
+    `state_cache` defaults to keeping conversation states in RAM only (`StateCacheConfig()`);
+    pass `StateCacheConfig(enabled=False)` to turn it off.
+    """
     tokenizer = LlamaTokenizer.from_file(config.model_path)
     config = fit_context(config, tokenizer.n_ctx_train)
     chat_template = get_template(template, tokenizer)
     stop_ids = chat_template.stop_token_ids(tokenizer)
-    window = Window(chat_template, tokenizer, n_ctx=config.n_ctx, reserve=max_new_tokens)
+    window = Window(
+        chat_template,
+        tokenizer,
+        n_ctx=config.n_ctx,
+        reserve=max_new_tokens,
+        low_watermark=window_low_watermark,
+    )
     window.check_system(chat_template.default_system_prompt)
     llama = load_llama(config)
     engine = ChatEngine(
@@ -69,6 +120,9 @@ def load_chat_model(
         n_batch=config.n_batch,
         stop_ids=stop_ids,
         sampling=sampling,
+        state_cache=make_state_cache(
+            state_cache if state_cache is not None else StateCacheConfig(), config, llama
+        ),
     )
     name = config.model_path.stem
     if config.lora_path is not None:

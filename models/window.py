@@ -3,10 +3,23 @@
 The prompt plus the reply reserve must fit `n_ctx`. The system prompt and the newest user
 message always stay; the oldest whole turns (a user message with the bot's answers to it) go
 first. Token counts come from encoding the candidate prompt exactly as it will be fed.
+
+Sliding with a low watermark: once the conversation overflows the budget, the window drops
+old turns until the prompt fits `low_watermark` x budget rather than the budget itself, and
+keeps that beginning while the conversation grows back up to the budget. Consecutive prompts
+then start with the same tokens, so the engine reuses the conversation's kept model state and
+evaluates only the new turn; each slide costs one re-evaluation of the (shorter) prompt. The
+price is memory: right after a slide the model sees only `low_watermark` of the budget.
+`low_watermark=1` is the plain window that drops as few turns as possible every time.
+
+The window keeps no state between calls: where the beginning sits is worked out by replaying
+the conversation's own history turn by turn, so the same history always gives the same prompt,
+also after a restart.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -15,6 +28,10 @@ from models.templates import ChatMessage, ChatTemplate
 from models.tokenizer import Tokenizer
 
 Turn = list[ChatMessage]
+
+# Fraction of the prompt budget (N_CTX - MAX_NEW_TOKENS) the window slides down to.
+DEFAULT_LOW_WATERMARK = 0.5
+MAX_REMEMBERED = 100_000  # message lengths the window remembers
 
 
 @dataclass(frozen=True)
@@ -62,17 +79,36 @@ def group_turns(history: Sequence[ChatMessage]) -> tuple[list[Turn], int]:
 
 
 class Window:
-    def __init__(self, template: ChatTemplate, tokenizer: Tokenizer, *, n_ctx: int, reserve: int):
+    def __init__(
+        self,
+        template: ChatTemplate,
+        tokenizer: Tokenizer,
+        *,
+        n_ctx: int,
+        reserve: int,
+        low_watermark: float = 1.0,
+    ):
         if reserve >= n_ctx:
             raise WindowError(f"MAX_NEW_TOKENS ({reserve}) must be smaller than N_CTX ({n_ctx}).")
+        if not 0.0 < low_watermark <= 1.0:
+            raise WindowError(
+                f"WINDOW_LOW_WATERMARK must be above 0 and at most 1, not {low_watermark}."
+            )
         self.template = template
         self.tokenizer = tokenizer
         self.n_ctx = n_ctx
         self.reserve = reserve
+        self.low_watermark = low_watermark
+        self._costs: dict[bytes, int] = {}
 
     @property
     def budget(self) -> int:
         return self.n_ctx - self.reserve
+
+    @property
+    def low_budget(self) -> int:
+        """What the prompt is cut down to when the conversation overflows."""
+        return max(1, int(self.budget * self.low_watermark))
 
     def _encode(self, system: str | None, messages: Sequence[ChatMessage]) -> list[int]:
         head = [ChatMessage("system", system)] if system else []
@@ -101,8 +137,10 @@ class Window:
         def candidate(dropped: int) -> list[ChatMessage]:
             return [m for turn in older[dropped:] for m in turn] + newest
 
+        start = self._slide_start(system, turns) if self.low_watermark < 1.0 else 0
         # Fewer turns never need more tokens, so the least number to drop is a binary search.
-        low, high = 0, len(older)
+        # With a watermark the replayed start already fits; the search only guards the estimate.
+        low, high = start, len(older)
         best: list[int] | None = None
         while low <= high:
             middle = (low + high) // 2
@@ -125,6 +163,45 @@ class Window:
         return self._truncate_newest(
             system, newest[0], dropped_turns=len(older), dropped_messages=len(history) - 1
         )
+
+    def _slide_start(self, system: str | None, turns: Sequence[Turn]) -> int:
+        """Replay the conversation turn by turn; return how many old turns it has slid past.
+
+        Each turn is measured on its own (templates put a special token between messages, so
+        lengths add up); the caller checks the final prompt exactly.
+        """
+        try:
+            head = self._cost([])
+            base = len(self._encode(system, []))
+        except Exception:  # a GGUF Jinja template may insist on messages; overcounting is safe
+            head, base = 0, self.system_overhead(system)
+
+        def cost(message: ChatMessage) -> int:
+            # Whole histories are replayed on every call: remember each message's length.
+            # Keyed by a digest so that the text itself is not kept around.
+            digest = hashlib.blake2b(
+                f"{message.role}\0{message.content}".encode(), digest_size=16
+            ).digest()
+            if digest not in self._costs:
+                if len(self._costs) >= MAX_REMEMBERED:
+                    self._costs.clear()
+                self._costs[digest] = self._cost([message]) - head
+            return self._costs[digest]
+
+        turn_costs = [sum(cost(m) for m in turn) for turn in turns[:-1]]
+        start, kept = 0, 0  # kept = tokens of turns[start:k]
+        for k in range(1, len(turns)):
+            kept += turn_costs[k - 1]
+            asked = cost(turns[k][0])  # the user's message as it was when it was the newest
+            if base + kept + asked <= self.budget:
+                continue
+            while start < k and base + kept + asked > self.low_budget:
+                kept -= turn_costs[start]
+                start += 1
+        return start
+
+    def _cost(self, messages: Sequence[ChatMessage]) -> int:
+        return len(self.template.encode(messages, self.tokenizer, add_generation_prompt=False))
 
     def _truncate_newest(
         self, system: str | None, message: ChatMessage, *, dropped_turns: int, dropped_messages: int

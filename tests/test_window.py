@@ -90,7 +90,7 @@ def test_giant_last_message_keeps_its_end(tokenizer: LlamaTokenizer) -> None:
 
 def test_giant_system_prompt_is_a_configuration_error(tokenizer: LlamaTokenizer) -> None:
     giant_system = "Ты очень подробный ассистент. " * 400
-    with pytest.raises(WindowError, match="system prompt takes \\d+ tokens"):
+    with pytest.raises(WindowError, match=r"system prompt takes \d+ tokens"):
         window(tokenizer, 512).fit(giant_system, history(1))
 
 
@@ -102,3 +102,58 @@ def test_reserve_must_leave_room(tokenizer: LlamaTokenizer) -> None:
 def test_newest_message_must_be_the_users(tokenizer: LlamaTokenizer) -> None:
     with pytest.raises(ValueError, match="newest message"):
         window(tokenizer, 2048).fit(SYSTEM, history(1)[:-1])
+
+
+# The low watermark. The tests above use the plain window (low_watermark=1), whose behaviour
+# the watermark must not change; these drive a growing conversation turn by turn.
+
+
+def grow(tokenizer: LlamaTokenizer, watermark: float, turns: int = 40) -> list[list[int]]:
+    """The prompt of every turn of one conversation, as the bot would build them."""
+    slider = Window(
+        get_template("gigasaiga"), tokenizer, n_ctx=512, reserve=RESERVE, low_watermark=watermark
+    )
+    messages: list[ChatMessage] = []
+    prompts = []
+    for i in range(turns):
+        question = f"Вопрос номер {i}: как приготовить борщ?" * (1 + i % 3)
+        messages.append(ChatMessage("user", question))
+        result = slider.fit(SYSTEM, messages)
+        assert result.n_prompt <= slider.budget
+        assert result.messages[-1] == messages[-1]
+        prompts.append(result.tokens)
+        messages.append(ChatMessage("bot", f"Ответ номер {i}: нужны свёкла и капуста."))
+    return prompts
+
+
+def continues(previous: list[int], current: list[int]) -> bool:
+    # The previous prompt minus its closing `<s>bot` is where the kept state ends.
+    return current[: len(previous) - 2] == previous[:-2]
+
+
+def test_watermark_keeps_the_beginning_for_several_turns(tokenizer: LlamaTokenizer) -> None:
+    plain = grow(tokenizer, 1.0)
+    stepped = grow(tokenizer, 0.5)
+    budget = 512 - RESERVE
+    plain_slides = [i for i in range(1, 40) if not continues(plain[i - 1], plain[i])]
+    slides = [i for i in range(1, 40) if not continues(stepped[i - 1], stepped[i])]
+    # The plain window cuts a turn almost every time once full; the watermark seldom does.
+    assert len(plain_slides) > 20
+    assert 0 < len(slides) <= len(plain_slides) // 3
+    for i in slides:
+        # A slide drops the prompt down to the watermark.
+        assert len(stepped[i]) <= budget // 2
+    # Between slides each prompt extends the previous one: the kept state covers it.
+    assert all(continues(stepped[i - 1], stepped[i]) for i in range(1, 40) if i not in slides)
+
+
+def test_watermark_window_depends_only_on_the_history(tokenizer: LlamaTokenizer) -> None:
+    # No hidden state: building the same history again (a restart) gives the same prompts.
+    assert grow(tokenizer, 0.5, turns=25) == grow(tokenizer, 0.5, turns=25)
+    assert grow(tokenizer, 0.7, turns=25) != grow(tokenizer, 0.5, turns=25)
+
+
+def test_watermark_is_a_fraction(tokenizer: LlamaTokenizer) -> None:
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(WindowError, match="WINDOW_LOW_WATERMARK"):
+            Window(get_template("gigasaiga"), tokenizer, n_ctx=512, reserve=64, low_watermark=bad)

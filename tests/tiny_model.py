@@ -65,6 +65,10 @@ class TinyModelShape:
     vocab_size: int = 1200
 
 
+# About 205M parameters, ruGPT-3.5's context: the model `domovoy bench` is measured with.
+BENCH_SHAPE = TinyModelShape(n_embd=1024, n_head=16, n_layer=16, n_ff=4096, n_ctx=2048)
+
+
 def train_tokenizer(vocab_size: int) -> Tokenizer:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -117,13 +121,19 @@ def build_tiny_gguf(
     seed: int = 0,
     suppress_byte_tokens: bool = True,
     chat_template: str | None = None,
+    weight_type: str = "f16",
+    weight_scale: float = 0.2,
 ) -> Path:
     """Write the model to `path` and return it.
 
     With `suppress_byte_tokens`, tokens that are not valid UTF-8 on their own get a large
     negative logit through a fixed bias carried by the final layer norm, so random weights
-    still produce readable text.
+    still produce readable text. `weight_type` "q8_0" quantizes the blocks' matrices (the
+    embeddings and the output stay f16); `weight_scale` is the spread of the random matrices
+    (a wide model wants a smaller one to keep its activations tame).
     """
+    if weight_type not in ("f16", "q8_0"):
+        raise ValueError(f"weight_type is f16 or q8_0, not {weight_type!r}")
     shape = shape or TinyModelShape()
     rng = np.random.default_rng(seed)
     tokenizer = train_tokenizer(shape.vocab_size)
@@ -145,7 +155,9 @@ def build_tiny_gguf(
     writer.add_block_count(shape.n_layer)
     writer.add_head_count(shape.n_head)
     writer.add_layer_norm_eps(1e-5)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_file_type(
+        gguf.LlamaFileType.MOSTLY_Q8_0 if weight_type == "q8_0" else gguf.LlamaFileType.MOSTLY_F16
+    )
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("gpt-2")
     writer.add_token_list(tokens)
@@ -167,20 +179,28 @@ def build_tiny_gguf(
     def vec(n: int, scale: float = 0.02) -> np.ndarray:
         return (rng.standard_normal(n) * scale).astype(np.float32)
 
+    def block_matrix(name: str, rows: int, cols: int) -> None:
+        if weight_type == "f16":
+            writer.add_tensor(name, mat(rows, cols, weight_scale))
+            return
+        values = rng.standard_normal((rows, cols), dtype=np.float32) * weight_scale
+        quantized = gguf.quants.quantize(values, gguf.GGMLQuantizationType.Q8_0)
+        writer.add_tensor(name, quantized, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+
     writer.add_tensor("token_embd.weight", mat(n_vocab, e, 0.5))
     writer.add_tensor("position_embd.weight", mat(shape.n_ctx, e, 0.1))
     for i in range(shape.n_layer):
         writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(e, dtype=np.float32))
         writer.add_tensor(f"blk.{i}.attn_norm.bias", vec(e))
-        writer.add_tensor(f"blk.{i}.attn_qkv.weight", mat(3 * e, e))
+        block_matrix(f"blk.{i}.attn_qkv.weight", 3 * e, e)
         writer.add_tensor(f"blk.{i}.attn_qkv.bias", vec(3 * e))
-        writer.add_tensor(f"blk.{i}.attn_output.weight", mat(e, e))
+        block_matrix(f"blk.{i}.attn_output.weight", e, e)
         writer.add_tensor(f"blk.{i}.attn_output.bias", vec(e))
         writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(e, dtype=np.float32))
         writer.add_tensor(f"blk.{i}.ffn_norm.bias", vec(e))
-        writer.add_tensor(f"blk.{i}.ffn_up.weight", mat(f, e))
+        block_matrix(f"blk.{i}.ffn_up.weight", f, e)
         writer.add_tensor(f"blk.{i}.ffn_up.bias", vec(f))
-        writer.add_tensor(f"blk.{i}.ffn_down.weight", mat(e, f))
+        block_matrix(f"blk.{i}.ffn_down.weight", e, f)
         writer.add_tensor(f"blk.{i}.ffn_down.bias", vec(e))
 
     # The final norm's bias is a fixed direction `d` that every hidden state carries; output
@@ -236,3 +256,22 @@ def build_tiny_lora(
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def build_bench_gguf(path: Path, *, weight_type: str = "q8_0") -> Path:
+    """The ~200M-parameter random GPT-2 of `BENCH_SHAPE` (about 230 MB in Q8_0)."""
+    return build_tiny_gguf(path, shape=BENCH_SHAPE, weight_type=weight_type, weight_scale=0.2 / 4)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write the random GPT-2 models tests use.")
+    parser.add_argument("path", type=Path)
+    parser.add_argument("--bench", action="store_true", help="the ~200M model of BENCH_SHAPE")
+    parser.add_argument("--type", default="q8_0", choices=["f16", "q8_0"])
+    args = parser.parse_args()
+    if args.bench:
+        print(build_bench_gguf(args.path, weight_type=args.type))
+    else:
+        print(build_tiny_gguf(args.path))

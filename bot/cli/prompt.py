@@ -73,6 +73,7 @@ def prompt(
             tokenizer,
             n_ctx=context,
             reserve=max_new_tokens or settings.max_new_tokens,
+            low_watermark=settings.window_low_watermark,
         )
         if system is None:
             system = settings.system_prompt or chat_template.default_system_prompt
