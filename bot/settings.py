@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import platformdirs
-from pydantic import Field, SecretStr, field_validator
+from pydantic import ByteSize, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     top_k: int = Field(default=30, ge=0)
     repeat_penalty: float = Field(default=1.15, gt=0.0)
     seed: int | None = None
+
+    # Kept conversation states (instant follow-ups); sizes take "2GB", "512MiB" or bytes.
+    state_cache: bool = True
+    state_cache_ram: ByteSize = ByteSize(2 * 1024**3)
+    state_cache_disk: ByteSize = ByteSize(8 * 1024**3)
+    # The window slides down to this fraction of N_CTX - MAX_NEW_TOKENS (1 = one turn at a time).
+    window_low_watermark: float = Field(default=0.5, gt=0.0, le=1.0)
 
     # Storage.
     data_dir: Path = Field(default_factory=default_data_dir)
@@ -99,3 +106,7 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def state_cache_dir(self) -> Path:
+        return self.data_dir / "state-cache"

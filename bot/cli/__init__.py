@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from bot.cli import convert, models, prompt
+from bot.cli import bench, chat, convert, models, prompt, run
 
 app = typer.Typer(
     name="domovoy",
@@ -21,6 +21,9 @@ models_app = typer.Typer(help="Find, download, inspect and convert models.", no_
 app.add_typer(models_app, name="models")
 
 app.command("prompt")(prompt.prompt)
+app.command("bench")(bench.bench)
+app.command("run")(run.run)
+app.command("chat")(chat.chat)
 models_app.command("list")(models.list_models)
 models_app.command("download")(models.download)
 models_app.command("info")(models.info)

@@ -1,0 +1,62 @@
+"""`domovoy chat`: try the model in the terminal, with the bot's history and commands."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bot.settings import Settings
+
+
+def chat(
+    model: Annotated[Path | None, typer.Option(help="GGUF model file; default MODEL_PATH.")] = None,
+) -> None:
+    """Chat with the model as a local user: replies stream as they are written.
+
+    /reset starts a new conversation, /system shows or sets the system prompt, /stop (or
+    Ctrl-C) stops a reply, /quit (or Ctrl-D) leaves. History is kept in the bot's database.
+    """
+    import asyncio
+    import os
+
+    from bot.__main__ import setup_logging
+    from bot.preflight import StartupError, model_path
+
+    settings = Settings()
+    if model is not None:
+        settings = settings.model_copy(update={"model_path": model})
+    setup_logging("WARNING" if settings.log_level.upper() == "INFO" else settings.log_level)
+    try:
+        model_path(settings)
+        asyncio.run(_chat(settings, english=os.environ.get("LANG", "").startswith("en")))
+    except StartupError as exc:
+        typer.echo(f"domovoy: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+async def _chat(settings: Settings, *, english: bool) -> None:
+    import asyncio
+
+    from bot.app import load_model
+    from bot.console import Console
+    from bot.services.chat import ChatService
+    from bot.texts import EN, RU
+    from storage.database import create_engine, create_session_factory, migrate
+
+    db = create_engine(settings.resolved_database_url)
+    try:
+        await migrate(db)
+        chat_model = await asyncio.to_thread(load_model, settings)
+        try:
+            service = ChatService(chat_model, system_prompt=settings.system_prompt, log_text=False)
+            console = Console(
+                service, create_session_factory(db), EN if english else RU, sys.stdout
+            )
+            await console.run()
+        finally:
+            await chat_model.close()
+    finally:
+        await db.dispose()

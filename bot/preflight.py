@@ -1,0 +1,45 @@
+"""Checks that run before anything heavy is imported or loaded: a missing token or model file
+must end the start at once with one sentence of what to set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bot.access import AccessPolicy
+from bot.settings import Settings
+
+
+class StartupError(Exception):
+    """A one-sentence reason the bot cannot start, meant for the operator."""
+
+
+def bot_token(settings: Settings) -> str:
+    token = settings.bot_token.get_secret_value().strip() if settings.bot_token else ""
+    if not token:
+        raise StartupError("BOT_TOKEN is not set: put the token from @BotFather into BOT_TOKEN.")
+    return token
+
+
+def model_path(settings: Settings) -> Path:
+    path = settings.model_path
+    if path is None:
+        raise StartupError(
+            "MODEL_PATH is not set: point it at a GGUF model file "
+            "(`domovoy models download` fetches one)."
+        )
+    if not path.is_file():
+        raise StartupError(f"The model file {path} does not exist: set MODEL_PATH to a GGUF file.")
+    return path
+
+
+def access_policy(settings: Settings) -> AccessPolicy:
+    try:
+        return AccessPolicy.from_lists(settings.allowed_users, settings.admin_users)
+    except ValueError as exc:
+        raise StartupError(f"ALLOWED_USERS/ADMIN_USERS: {exc}.") from exc
+
+
+def check(settings: Settings) -> None:
+    bot_token(settings)
+    model_path(settings)
+    access_policy(settings)

@@ -1,0 +1,181 @@
+"""What the bot says: Russian by default, English for users whose Telegram language is English."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Texts:
+    start: str
+    help: str
+    reset_done: str
+    system_current: str  # {prompt}
+    system_default: str  # {prompt}
+    system_set: str
+    system_reset_done: str
+    system_too_long: str  # {tokens} {budget}
+    stop_done: str
+    stop_nothing: str
+    forget_confirm: str
+    forget_yes: str
+    forget_no: str
+    forget_done: str
+    forget_cancelled: str
+    access_closed: str  # {user_id}
+    only_text: str
+    group_hello: str
+    queue_position: str  # {ahead}
+    forgotten_start: str
+    truncated_message: str
+    reply_failed: str
+    reply_stopped: str
+    empty_reply: str
+    edit_noted: str
+    shutting_down: str
+    status: str  # {model} {uptime} {queue} {users} {conversations} {messages} {tps}
+    commands: tuple[tuple[str, str], ...]
+
+
+RU = Texts(
+    start=(
+        "Привет! Я Домовой — ассистент, который работает на домашнем сервере на локальной "
+        "языковой модели. Просто напишите мне сообщение, и я отвечу; ответ появляется по мере "
+        "того, как модель его пишет. /reset начинает разговор заново, /system задаёт мне роль, "
+        "/stop останавливает ответ, /forget удаляет всё, что я о вас храню. /help — подробнее."
+    ),
+    help=(
+        "Я помню наш текущий разговор и отвечаю с его учётом.\n\n"
+        "/reset — начать новый разговор (старый сохранится, но я его забуду)\n"
+        "/system — показать системную подсказку; /system текст — задать свою; "
+        "/system reset — вернуть стандартную\n"
+        "/stop — остановить текущий ответ (написанное сохранится)\n"
+        "/forget — удалить все мои данные о вас\n\n"
+        "Модель работает на процессоре, поэтому длинные ответы пишутся не спеша."
+    ),
+    reset_done="Начинаем новый разговор. Предыдущие сообщения я больше не учитываю.",
+    system_current="Ваша системная подсказка:\n\n{prompt}",
+    system_default="Сейчас действует стандартная системная подсказка:\n\n{prompt}",
+    system_set="Системная подсказка сохранена; она действует со следующего сообщения.",
+    system_reset_done="Вернул стандартную системную подсказку.",
+    system_too_long=(
+        "Подсказка слишком длинная: вместе с сообщением она не помещается в окно модели "
+        "({tokens} токенов при доступных {budget}). Сократите её."
+    ),
+    stop_done="Остановил. Уже написанное сохранено.",
+    stop_nothing="Сейчас я ничего не пишу.",
+    forget_confirm=(
+        "Удалить всё, что я о вас храню: все разговоры, сообщения и настройки? Это нельзя отменить."
+    ),
+    forget_yes="Да, удалить",
+    forget_no="Отмена",
+    forget_done="Готово: все ваши данные удалены.",
+    forget_cancelled="Хорошо, ничего не удаляю.",
+    access_closed=(
+        "Доступ к этому боту закрыт. Ваш числовой id: {user_id} — "
+        "владелец может добавить его в ALLOWED_USERS."
+    ),
+    only_text="Я понимаю только текст. Напишите, пожалуйста, словами.",
+    group_hello=(
+        "Всем привет! В группе я отвечаю, когда меня упоминают или отвечают на моё сообщение; "
+        "у каждого здесь свой разговор со мной."
+    ),
+    queue_position="Вы в очереди, впереди: {ahead}. Ответ начнётся, как только модель освободится.",
+    forgotten_start="(Начало разговора не поместилось в память модели и забыто.)",
+    truncated_message="(Сообщение слишком длинное: модель увидела только его конец.)",
+    reply_failed="Не получилось сгенерировать ответ. Попробуйте ещё раз.",
+    reply_stopped="(остановлено)",
+    empty_reply="(пустой ответ)",
+    edit_noted="Исправление учтено в истории разговора.",
+    shutting_down="Бот перезапускается, напишите чуть позже.",
+    status=(
+        "Модель: {model}\nРаботаю: {uptime}\nВ очереди: {queue}\n"
+        "Пользователей: {users}, разговоров: {conversations}, сообщений: {messages}\n"
+        "Скорость последних ответов: {tps} ток/с"
+    ),
+    commands=(
+        ("start", "Приветствие и краткая справка"),
+        ("help", "Как пользоваться ботом"),
+        ("reset", "Начать новый разговор"),
+        ("system", "Показать или задать системную подсказку"),
+        ("stop", "Остановить текущий ответ"),
+        ("forget", "Удалить все мои данные"),
+    ),
+)
+
+EN = Texts(
+    start=(
+        "Hi! I am Domovoy, an assistant running on a home server with a local language model. "
+        "Just write me a message and I will answer; the reply appears as the model writes it. "
+        "/reset starts a new conversation, /system gives me a role, /stop stops a reply, "
+        "/forget deletes everything I keep about you. /help tells more."
+    ),
+    help=(
+        "I remember our current conversation and answer with it in mind.\n\n"
+        "/reset — start a new conversation (the old one is kept but I forget it)\n"
+        "/system — show the system prompt; /system text — set your own; "
+        "/system reset — back to the default\n"
+        "/stop — stop the current reply (what was written is kept)\n"
+        "/forget — delete all my data about you\n\n"
+        "The model runs on a CPU, so long replies take their time."
+    ),
+    reset_done="Starting a new conversation. I no longer take the previous messages into account.",
+    system_current="Your system prompt:\n\n{prompt}",
+    system_default="The default system prompt is in use:\n\n{prompt}",
+    system_set="System prompt saved; it applies from your next message.",
+    system_reset_done="Restored the default system prompt.",
+    system_too_long=(
+        "That prompt is too long: together with a message it does not fit the model's window "
+        "({tokens} tokens of {budget} available). Please shorten it."
+    ),
+    stop_done="Stopped. What was written so far is kept.",
+    stop_nothing="I am not writing anything right now.",
+    forget_confirm=(
+        "Delete everything I keep about you: all conversations, messages and settings? "
+        "This cannot be undone."
+    ),
+    forget_yes="Yes, delete",
+    forget_no="Cancel",
+    forget_done="Done: all your data has been deleted.",
+    forget_cancelled="OK, nothing deleted.",
+    access_closed=(
+        "Access to this bot is closed. Your numeric id is {user_id}; "
+        "the owner can add it to ALLOWED_USERS."
+    ),
+    only_text="I understand text only. Please write it in words.",
+    group_hello=(
+        "Hello everyone! In a group I answer when mentioned or replied to; "
+        "each of you has a separate conversation with me here."
+    ),
+    queue_position=(
+        "You are in the queue, ahead of you: {ahead}. The reply starts once the model is free."
+    ),
+    forgotten_start=(
+        "(The start of our conversation no longer fits the model's memory and is forgotten.)"
+    ),
+    truncated_message="(Your message was too long: the model saw only its end.)",
+    reply_failed="Could not generate a reply. Please try again.",
+    reply_stopped="(stopped)",
+    empty_reply="(empty reply)",
+    edit_noted="Your correction is taken into the conversation history.",
+    shutting_down="The bot is restarting, please write again in a moment.",
+    status=(
+        "Model: {model}\nUp: {uptime}\nQueue: {queue}\n"
+        "Users: {users}, conversations: {conversations}, messages: {messages}\n"
+        "Speed of the last replies: {tps} tok/s"
+    ),
+    commands=(
+        ("start", "Greeting and a short how-to"),
+        ("help", "How to use the bot"),
+        ("reset", "Start a new conversation"),
+        ("system", "Show or set the system prompt"),
+        ("stop", "Stop the current reply"),
+        ("forget", "Delete all my data"),
+    ),
+)
+
+
+def texts_for(language_code: str | None) -> Texts:
+    if language_code and language_code.lower().startswith("en"):
+        return EN
+    return RU
