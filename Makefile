@@ -35,7 +35,7 @@ tools:
 test: install-dev tools
 	$(BIN)/python -m pytest
 
-# Everything but the conversion proofs against transformers (about N minutes less).
+# Everything but the conversion proofs against transformers and llm-rs (marked heavy).
 test-fast: install-dev
 	$(BIN)/python -m pytest -m 'not heavy'
 
