@@ -17,7 +17,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install -e '.[dev,postgresql]'
 	# Pinned so that pip takes the CPU build kept on the build machines' disk.
 	$(BIN)/pip install 'torch==2.13.0'
 	$(BIN)/pip install -e '.[heavy]'

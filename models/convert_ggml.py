@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ import gguf
 import numpy as np
 
 from models.errors import ModelError
+from models.gguf_output import gguf_output
 
 logger = logging.getLogger(__name__)
 
@@ -361,17 +360,7 @@ def convert_ggml(source: Path, output: Path, tokenizer_json: Path | None) -> Non
     n_ff = model.tensors["model/h0/mlp/c_fc/w"].dims[1]
     data = np.memmap(source, dtype=np.uint8, mode="r")
 
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp_name = tempfile.mkstemp(
-            dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"
-        )
-    except OSError as exc:
-        raise GgmlConversionError(f"Could not write {output} ({exc.strerror or exc}).") from exc
-    os.close(handle)
-    tmp = Path(tmp_name)
-    try:
-        writer = gguf.GGUFWriter(str(tmp), "gpt2")
+    with gguf_output(output, "gpt2", GgmlConversionError) as writer:
         writer.add_name(source.stem)
         writer.add_context_length(model.n_ctx)
         writer.add_embedding_length(model.n_embd)
@@ -403,15 +392,6 @@ def convert_ggml(source: Path, output: Path, tokenizer_json: Path | None) -> Non
                 array,
                 raw_dtype=tensor.ggml_type if quantized else None,
             )
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        tmp.replace(output)
-    except OSError as exc:
-        raise GgmlConversionError(f"Could not write {output} ({exc.strerror or exc}).") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     logger.info(
         "Converted %s (%s, %s, %d layers) to %s",
         source,

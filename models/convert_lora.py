@@ -16,9 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ import gguf
 import numpy as np
 
 from models.errors import ModelError
+from models.gguf_output import gguf_output
 from models.torch_checkpoint import load_torch_state_dict
 
 logger = logging.getLogger(__name__)
@@ -195,17 +194,7 @@ def convert_lora(adapter_dir: Path, output: Path) -> None:
     # llama.cpp's scale is gguf_alpha / rank of each pair.
     gguf_alpha = peft_scale(rank) * rank
 
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp_name = tempfile.mkstemp(
-            dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"
-        )
-    except OSError as exc:
-        raise LoraConversionError(f"Could not write {output} ({exc.strerror or exc}).") from exc
-    os.close(handle)
-    tmp = Path(tmp_name)
-    try:
-        writer = gguf.GGUFWriter(str(tmp), "gpt2")
+    with gguf_output(output, "gpt2", LoraConversionError) as writer:
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, gguf_alpha)
@@ -220,15 +209,6 @@ def convert_lora(adapter_dir: Path, output: Path) -> None:
                 f"{name}.lora_b",
                 np.ascontiguousarray(b32 if math.isclose(fold, 1.0) else b32 * fold),
             )
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        tmp.replace(output)
-    except OSError as exc:
-        raise LoraConversionError(f"Could not write {output} ({exc.strerror or exc}).") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     logger.info(
         "Converted %s: %d LoRA pairs, r=%d, alpha=%g%s",
         adapter_dir,
