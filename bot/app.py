@@ -18,7 +18,6 @@ from aiogram.exceptions import TelegramAPIError, TelegramBadRequest, TelegramUna
 from aiogram.types import BotCommand, BotCommandScopeChat, BotCommandScopeDefault
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot import preflight
 from bot.access import AccessPolicy
 from bot.handlers import build_routers
 from bot.middlewares.access import AccessMiddleware
@@ -189,47 +188,3 @@ def load_model(settings: Settings) -> ChatModel:
         )
     except ModelError as exc:
         raise StartupError(str(exc)) from exc
-
-
-async def _keep_interrupted_replies(session_factory: async_sessionmaker[AsyncSession]) -> None:
-    """Replies a killed process left `pending` are kept as `partial`, with their saved text."""
-    from storage.repositories import MessageRepository
-
-    async with session_factory() as session:
-        count = await MessageRepository(session).mark_pending_as_partial()
-        await session.commit()
-    if count:
-        logger.warning("Kept %d interrupted replies from the last run as partial", count)
-
-
-async def run(settings: Settings, stop: asyncio.Event) -> None:
-    """Everything `python -m bot` does after reading the settings, until `stop` is set."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from storage.database import create_engine, create_session_factory, migrate
-    from storage.errors import StorageError
-
-    # Cheap checks first: a missing token must not wait for an 8 GB model to load.
-    preflight.check(settings)
-    url = settings.resolved_database_url
-    try:
-        db = create_engine(url)
-    except (SQLAlchemyError, StorageError, OSError) as exc:
-        raise StartupError(f"The database {url} cannot be opened: {exc}") from exc
-    try:
-        try:
-            await migrate(db)
-            await _keep_interrupted_replies(create_session_factory(db))
-        except (SQLAlchemyError, StorageError, OSError) as exc:
-            raise StartupError(f"The database {url} cannot be opened: {exc}") from exc
-        logger.info("Loading the model %s", settings.model_path)
-        model = await asyncio.to_thread(load_model, settings)
-        try:
-            if stop.is_set():
-                return
-            app = build_app(settings, model=model, session_factory=create_session_factory(db))
-            await serve(app, stop)
-        finally:
-            await model.close()
-    finally:
-        await db.dispose()
