@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # llama-cpp-python compiles from source; see deploy/cmake-args.sh for why not -march=native.
-CMAKE_ARGS ?= $(shell sh deploy/cmake-args.sh)
+# Flags you give in CMAKE_ARGS (e.g. -DGGML_CUDA=on) come after the CPU ones and win.
+override CMAKE_ARGS := $(shell sh deploy/cmake-args.sh) $(CMAKE_ARGS)
 export CMAKE_ARGS
 
 .PHONY: install install-dev tools run test test-fast lint bench clean

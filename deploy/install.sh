@@ -6,9 +6,12 @@
 #
 # Idempotent: an existing user, venv, environment file (never overwritten) or identical unit
 # is kept. Paths can be moved with environment variables (used by the tests):
-#   DOMOVOY_PREFIX (/opt/domovoy)  DOMOVOY_ETC (/etc/domovoy)  DOMOVOY_STATE (/var/lib/domovoy)
-#   DOMOVOY_UNIT_DIR (/etc/systemd/system)  DOMOVOY_USER (domovoy)  DOMOVOY_SRC (this checkout)
-#   PYTHON (python3)  SYSTEMCTL (systemctl)  CMAKE_ARGS (default: deploy/cmake-args.sh)
+#   DOMOVOY_PREFIX (/opt/domovoy)  DOMOVOY_ETC (/etc/domovoy)  DOMOVOY_USER (domovoy)
+#   DOMOVOY_SRC (this checkout); for tests only: DOMOVOY_STATE (/var/lib/domovoy, which the
+#   unit's StateDirectory= keeps using) and DOMOVOY_UNIT_DIR (/etc/systemd/system)
+#   PYTHON (python3, 3.11 or newer)  SYSTEMCTL (systemctl)
+#   CMAKE_ARGS: extra llama.cpp build flags (e.g. -DGGML_CUDA=on), added after the CPU flags
+#   of deploy/cmake-args.sh, so they can add a GPU backend or override one of those flags.
 set -eu
 
 usage() {
@@ -42,11 +45,23 @@ VENV=$PREFIX/venv
 ENV_FILE=$ETC_DIR/domovoy.env
 UNIT=$UNIT_DIR/domovoy.service
 
+# One argument as the shell would need it typed, so a printed command can be pasted.
+quote() {
+    case $1 in
+        *[!A-Za-z0-9_./:=@+,-]* | '') printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")" ;;
+        *) printf '%s' "$1" ;;
+    esac
+}
+
 run() {
+    line=""
+    for arg in "$@"; do
+        line="$line $(quote "$arg")"
+    done
     if [ "$DRY_RUN" = 1 ]; then
-        printf 'would run: %s\n' "$*"
+        printf 'would run:%s\n' "$line"
     else
-        printf '+ %s\n' "$*"
+        printf '+%s\n' "$line"
         "$@"
     fi
 }
@@ -62,6 +77,16 @@ fail() {
 if [ "$DRY_RUN" = 0 ]; then
     [ "$(id -u)" = 0 ] || fail "run as root (sudo sh deploy/install.sh), or add --dry-run."
     command -v "$SYSTEMCTL" >/dev/null 2>&1 || fail "$SYSTEMCTL not found: this needs a systemd system."
+fi
+# Checked before anything is created: Ubuntu 22.04's python3 is 3.10, too old for Domovoy.
+if [ "$WITH_VENV" = 1 ] && [ ! -x "$VENV/bin/python" ] &&
+    ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then
+    msg="$PYTHON is missing or older than 3.11: install a newer one (Ubuntu 22.04: apt-get install python3.11 python3.11-venv python3.11-dev) and run again with PYTHON=python3.11."
+    if [ "$DRY_RUN" = 1 ]; then
+        echo "warning: $msg" >&2
+    else
+        fail "$msg"
+    fi
 fi
 
 # 1. The service user: a system account without a login shell or a home of its own.
@@ -86,7 +111,11 @@ if [ "$WITH_VENV" = 1 ]; then
         run "$PYTHON" -m venv "$VENV"
         run "$VENV/bin/python" -m pip install --quiet --upgrade pip
     fi
-    CMAKE_ARGS=${CMAKE_ARGS:-$(sh "$SRC/deploy/cmake-args.sh")}
+    # The CPU flags always come first: a CUDA build without them would fall back to
+    # -march=native and its AMX crash. cmake keeps the last of two -D for one option.
+    CMAKE_ARGS="$(sh "$SRC/deploy/cmake-args.sh")${CMAKE_ARGS:+ $CMAKE_ARGS}"
+    # pip rebuilds llama-cpp-python only when its version changes (it never does for the
+    # same version, whatever CMAKE_ARGS say): see deploy/README.md to rebuild for a GPU.
     run env "CMAKE_ARGS=$CMAKE_ARGS" "$VENV/bin/python" -m pip install --upgrade "$SRC"
 fi
 
@@ -119,7 +148,7 @@ run "$SYSTEMCTL" try-restart domovoy.service
 cat <<EOF
 
 Next steps:
-  1. Download a model:  sudo -u $SVC_USER env DATA_DIR=$STATE_DIR $VENV/bin/domovoy models download rugpt35-13b
+  1. Download a model:  runuser -u $SVC_USER -- env DATA_DIR=$STATE_DIR $VENV/bin/domovoy models download rugpt35-13b-lora
   2. Put BOT_TOKEN, MODEL_PATH (and LORA_PATH, TEMPLATE) into $ENV_FILE
   3. Start it:          systemctl start domovoy && journalctl -u domovoy -f
 EOF

@@ -114,6 +114,35 @@ def _check_config(config: dict[str, Any], where: Path) -> None:
         raise LoraConversionError(f"{where} has no positive lora_alpha.")
 
 
+_SAFETENSORS_FLOATS = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
+
+
+def _load_safetensors_bf16(path: Path) -> dict[str, np.ndarray]:
+    """safetensors' numpy API cannot return bfloat16 (numpy has no such type), yet adapters
+    trained in bf16 are common: read the documented layout (u64 header length, JSON header,
+    raw little-endian data) and widen each value to float32, which holds every bf16 exactly."""
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    header_len = int.from_bytes(data[:8].tobytes(), "little")
+    header = json.loads(data[8 : 8 + header_len].tobytes())
+    base = 8 + header_len
+    tensors = {}
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = (base + int(offset) for offset in spec["data_offsets"])
+        if not base <= start <= end <= len(data):
+            raise ValueError(f"tensor {name} lies outside the file")
+        raw, dtype = data[start:end], spec["dtype"]
+        if dtype == "BF16":
+            values = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+        elif dtype in _SAFETENSORS_FLOATS:
+            values = raw.view(_SAFETENSORS_FLOATS[dtype]).astype(np.float32)
+        else:
+            raise ValueError(f"tensor {name} has type {dtype}, not a float type")
+        tensors[name] = values.reshape([int(n) for n in spec["shape"]])
+    return tensors
+
+
 def _load_tensors(adapter_dir: Path) -> dict[str, np.ndarray]:
     safetensors_path = adapter_dir / "adapter_model.safetensors"
     bin_path = adapter_dir / "adapter_model.bin"
@@ -123,7 +152,18 @@ def _load_tensors(adapter_dir: Path) -> dict[str, np.ndarray]:
 
         try:
             return dict(load_file(str(safetensors_path)))
-        except (SafetensorError, OSError, ValueError, TypeError) as exc:
+        except TypeError as exc:
+            if "bfloat16" not in str(exc):
+                raise LoraConversionError(
+                    f"{safetensors_path} could not be read as safetensors ({exc})."
+                ) from exc
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise LoraConversionError(
+                f"{safetensors_path} could not be read as safetensors ({exc})."
+            ) from exc
+        try:
+            return _load_safetensors_bf16(safetensors_path)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise LoraConversionError(
                 f"{safetensors_path} could not be read as safetensors ({exc})."
             ) from exc

@@ -13,6 +13,7 @@ etag) is checked before the atomic rename, so a complete file is always a verifi
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -122,6 +123,14 @@ def _is_transport_error(exc: BaseException) -> bool:
     )
 
 
+def _in_hf_home(filename: object) -> bool:
+    from huggingface_hub import constants
+
+    if not isinstance(filename, str | os.PathLike):
+        return False
+    return Path(filename).is_relative_to(Path(constants.HF_HOME))
+
+
 @contextmanager
 def hub_errors(repo: str, filename: str | None = None) -> Iterator[None]:
     """Turn huggingface_hub's exceptions into one clear sentence."""
@@ -168,6 +177,14 @@ def hub_errors(repo: str, filename: str | None = None) -> Iterator[None]:
         if isinstance(exc, OSError) and "Consistency check failed" in str(exc):
             raise HubError(
                 f"The download of {what} ended short; run the same command again."
+            ) from exc
+        if isinstance(exc, OSError) and _in_hf_home(exc.filename):
+            # huggingface_hub reads its token file under HF_HOME (~/.cache/huggingface) itself;
+            # a HOME left over from another user (sudo without -H) lands here. Errors of our
+            # own files go up to download(), which names the folder.
+            raise HubError(
+                f"Cannot use {exc.filename} ({exc.strerror or exc}): check that HOME and "
+                "HF_HOME belong to the user running the command."
             ) from exc
         raise
 
@@ -394,17 +411,30 @@ def download(
             "quantization."
         )
 
-    models_dir.mkdir(parents=True, exist_ok=True)
-    if adapter is not None:
-        for filename, size in zip(adapter.paths, adapter.sizes, strict=True):
-            _fetch(entry.repo, filename, size, adapter_dir, endpoint=endpoint, token=token)
-        output = models_dir / f"{repo_dir_name(entry.repo)}.gguf"
-        result.lora_path = _convert_adapter(adapter_dir, output)
+    try:
+        models_dir.mkdir(parents=True, exist_ok=True)
+        if adapter is not None:
+            for filename, size in zip(adapter.paths, adapter.sizes, strict=True):
+                _fetch(entry.repo, filename, size, adapter_dir, endpoint=endpoint, token=token)
+            output = models_dir / f"{repo_dir_name(entry.repo)}.gguf"
+            result.lora_path = _convert_adapter(adapter_dir, output)
 
-    paths = [
-        _fetch(base.repo, path, size, base_dir, endpoint=endpoint, token=token)
-        for path, size in zip(chosen.paths, chosen.sizes, strict=True)
-    ]
+        paths = [
+            _fetch(base.repo, path, size, base_dir, endpoint=endpoint, token=token)
+            for path, size in zip(chosen.paths, chosen.sizes, strict=True)
+        ]
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise HubError(
+                f"The disk filled up while writing {exc.filename or models_dir}: free some space "
+                "and run the same command again, it continues where it stopped."
+            ) from exc
+        # Typically DATA_DIR belongs to the service user and the command ran as someone else.
+        raise HubError(
+            f"Cannot write {exc.filename or models_dir} ({exc.strerror or exc}): run the "
+            "command as the owner of that folder (for the service: runuser -u domovoy --) "
+            "or point DATA_DIR at a folder you can write."
+        ) from exc
     result.model_path = paths[0]
     return result
 

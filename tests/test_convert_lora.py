@@ -117,6 +117,51 @@ def test_matrices_map_without_transpose(tmp_path: Path) -> None:
             )
 
 
+def write_bf16_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    """The safetensors layout by hand (numpy has no bfloat16): header, then the upper halves
+    of the float32 values, which are the bf16 values when the lower halves are zero."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    chunks, offset = [], 0
+    for name, array in tensors.items():
+        bits = np.ascontiguousarray(array, dtype="<f4").view("<u4")
+        assert not (bits & 0xFFFF).any(), "the test values must be exact in bf16"
+        chunk = (bits >> 16).astype("<u2").tobytes()
+        header[name] = {
+            "dtype": "BF16",
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + len(chunk)],
+        }
+        chunks.append(chunk)
+        offset += len(chunk)
+    encoded = json.dumps(header).encode()
+    path.write_bytes(len(encoded).to_bytes(8, "little") + encoded + b"".join(chunks))
+
+
+def test_bf16_safetensors_adapter_converts_exactly(tmp_path: Path) -> None:
+    # Values a bf16 holds exactly: small multiples of 1/64.
+    tensors = {
+        name: (np.round(value * 64) / 64).astype(np.float32)
+        for name, value in peft_tensors().items()
+    }
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps(peft_config()))
+    write_bf16_safetensors(adapter / "adapter_model.safetensors", tensors)
+    with pytest.raises(TypeError, match="bfloat16"):  # why the converter needs its own reader
+        from safetensors.numpy import load_file
+
+        load_file(str(adapter / "adapter_model.safetensors"))
+    convert_lora(adapter, tmp_path / "lora.gguf")
+    _, written = read_gguf(tmp_path / "lora.gguf")
+    for layer in range(SHAPE.n_layer):
+        for module, name in GGUF_NAMES.items():
+            for half in ("a", "b"):
+                np.testing.assert_array_equal(
+                    written[f"blk.{layer}.{name}.weight.lora_{half}"],
+                    tensors[f"{PREFIX}.{layer}.{module}.lora_{half.upper()}.weight"],
+                )
+
+
 def test_rslora_alpha_gives_alpha_over_sqrt_r(tmp_path: Path) -> None:
     adapter = write_adapter(tmp_path / "adapter", peft_config(r=4, lora_alpha=8, use_rslora=True))
     convert_lora(adapter, tmp_path / "lora.gguf")
@@ -420,3 +465,28 @@ def test_safe_reader_matches_torch_load(tmp_path: Path) -> None:
     assert set(loaded) == set(state)
     for name, tensor in state.items():
         np.testing.assert_array_equal(loaded[name], tensor.float().numpy(), err_msg=name)
+
+
+@pytest.mark.heavy
+def test_bf16_reader_matches_torch(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file as save_torch
+
+    generator = torch.Generator().manual_seed(5)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps(peft_config()))
+    state = {
+        name: torch.randn(value.shape, generator=generator).bfloat16()
+        for name, value in peft_tensors().items()
+    }
+    save_torch(state, str(adapter / "adapter_model.safetensors"))
+    convert_lora(adapter, tmp_path / "lora.gguf")
+    _, written = read_gguf(tmp_path / "lora.gguf")
+    for layer in range(SHAPE.n_layer):
+        for module, name in GGUF_NAMES.items():
+            for half in ("a", "b"):
+                expected = state[f"{PREFIX}.{layer}.{module}.lora_{half.upper()}.weight"]
+                np.testing.assert_array_equal(
+                    written[f"blk.{layer}.{name}.weight.lora_{half}"], expected.float().numpy()
+                )

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import shlex
 import shutil
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -148,6 +150,42 @@ def test_unit_security_exposure_is_ok(tmp_path: Path) -> None:
     assert _exposure(bare) > 5
 
 
+def test_gpu_drop_in_relaxes_only_the_devices_and_stays_ok(tmp_path: Path) -> None:
+    tool = require("systemd-analyze")
+
+    def exposure(drop_in: str | None) -> tuple[float, str]:
+        units = tmp_path / ("gpu" if drop_in else "cpu") / "etc/systemd/system"
+        (units / "domovoy.service.d").mkdir(parents=True)
+        shutil.copy(UNIT, units / "domovoy.service")
+        if drop_in is not None:
+            (units / "domovoy.service.d" / "gpu-offload.conf").write_text(drop_in)
+        root = units.parents[2]
+        result = subprocess.run(
+            [tool, "security", "--offline=true", f"--root={root}", "--no-pager", "domovoy.service"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        text = result.stdout + result.stderr
+        match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", text)
+        assert match, text
+        return float(match.group(1)), text
+
+    def failed(report: str) -> set[str]:
+        return {line.split()[1] for line in report.splitlines() if line.startswith("✗")}
+
+    cpu, cpu_report = exposure(None)
+    gpu, gpu_report = exposure(GPU_DROP_IN.read_text())
+    assert gpu <= 2.5
+    # Exactly these protections are given up, nothing else.
+    assert failed(gpu_report) - failed(cpu_report) == {
+        "PrivateDevices=",
+        "SupplementaryGroups=",
+        "ProcSubset=",
+    }
+    assert gpu > cpu
+
+
 def test_unit_runs_the_bot_as_a_service_should() -> None:
     settings = unit_settings(UNIT.read_text())
     assert settings["User"] == ["domovoy"]
@@ -157,6 +195,10 @@ def test_unit_runs_the_bot_as_a_service_should() -> None:
     assert settings["Restart"] == ["on-failure"]
     assert _seconds(settings["RestartSec"][0]) >= 5
     assert "StartLimitBurst" in settings and "StartLimitIntervalSec" in settings
+    # A configuration error is not retried: it is the bot's own exit status for one.
+    from bot.__main__ import EXIT_CONFIG
+
+    assert settings["RestartPreventExitStatus"] == [str(EXIT_CONFIG)]
     # The bot's graceful shutdown takes a few seconds; leave room beyond that.
     assert _seconds(settings["TimeoutStopSec"][0]) >= 30
     assert settings["RestrictAddressFamilies"] == ["AF_INET AF_INET6 AF_UNIX"]
@@ -191,6 +233,75 @@ def test_llama_cpp_runs_under_memory_deny_write_execute(tiny_gguf: Path) -> None
         pytest.skip("this kernel has no PR_SET_MDWE (needs Linux 6.3 or newer)")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok True"
+
+
+# --- the README's backup and restore, on a live WAL database ------------------------------
+
+
+def _readme_line(prefix: str, state: Path, backups: Path) -> str:
+    line = next(
+        line for line in (DEPLOY / "README.md").read_text().splitlines() if line.startswith(prefix)
+    )
+    return line.replace("/var/lib/domovoy", str(state)).replace("'/root/", f"'{backups}/")
+
+
+def _writer_holding_a_transaction(url: str) -> subprocess.Popen[str]:
+    """tests/storage_child.py: stores a user message and a pending reply, commits, then sits
+    in an uncommitted write, as the bot does during a long generation."""
+    child = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "storage_child.py"), url],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().startswith("STORED")
+    return child
+
+
+def _texts(db: Path) -> list[str]:
+    with sqlite3.connect(db) as conn:
+        return [row[0] for row in conn.execute("SELECT text FROM messages ORDER BY id")]
+
+
+def test_readme_backup_works_while_the_bot_writes_and_restore_drops_the_old_log(
+    tmp_path: Path,
+) -> None:
+    require("sqlite3")
+    from storage_child import PARTIAL_REPLY, USER_TEXT
+
+    from storage.column_types import escape_text
+
+    state, backups = tmp_path / "state", tmp_path / "root"
+    backups.mkdir()
+    db = state / "domovoy.db"
+    url = f"sqlite+aiosqlite:///{db}"
+    backup_cmd = _readme_line("sqlite3 ", state, backups)
+    remove_log_cmd = _readme_line("rm -f ", state, backups)
+
+    writer = _writer_holding_a_transaction(url)
+    try:
+        subprocess.run(["sh", "-c", backup_cmd], check=True, timeout=60)
+    finally:
+        writer.kill()
+        writer.wait()
+    (backup,) = backups.iterdir()
+    # Consistent and complete up to the last commit; the open transaction is not in it.
+    assert _texts(backup) == [escape_text(USER_TEXT), PARTIAL_REPLY]  # as stored, see ExactText
+
+    # After the backup the bot went on (another turn) and was killed: its log stays behind.
+    second = _writer_holding_a_transaction(url)
+    second.kill()
+    second.wait()
+    assert (state / "domovoy.db-wal").stat().st_size > 0
+    restored = tmp_path / "restored-without-rm"
+    shutil.copytree(state, restored)
+    shutil.copy(backup, restored / "domovoy.db")
+    assert len(_texts(restored / "domovoy.db")) == 4  # the stale log undid the restore
+
+    subprocess.run(["sh", "-c", remove_log_cmd], check=True, timeout=60)
+    shutil.copy(backup, db)
+    assert _texts(db) == _texts(backup)
 
 
 # --- scripts -----------------------------------------------------------------------------
@@ -268,9 +379,52 @@ def test_install_dry_run_prints_every_action_and_changes_nothing(tmp_path: Path)
     (prefix / "etc/domovoy/domovoy.env").write_text("BOT_TOKEN=keep-me\n")
     cuda = _run_install({**env, "CMAKE_ARGS": "-DGGML_CUDA=on"}, "--dry-run")
     assert cuda.returncode == 0, cuda.stderr
-    assert "CMAKE_ARGS=-DGGML_CUDA=on" in cuda.stdout
+    # The CPU flags stay (without them a CUDA build is -march=native, AMX crash included), and
+    # the GPU flag comes last, where cmake lets it override.
+    build = next(line for line in cuda.stdout.splitlines() if "CMAKE_ARGS=" in line)
+    assert "-DGGML_NATIVE=OFF" in build and "-DGGML_AMX_TILE=OFF" in build
+    assert build.index("-DGGML_CUDA=on'") > build.index("-DGGML_NATIVE=OFF")
     assert f"keeping existing {prefix}/etc/domovoy/domovoy.env" in cuda.stdout
     assert ".env.example" not in cuda.stdout
+
+
+def test_install_dry_run_prints_commands_that_can_be_pasted(tmp_path: Path) -> None:
+    env = _install_env(tmp_path, ROOT, "domovoy-no-such-user")
+    env["DOMOVOY_PREFIX"] = str(tmp_path / "with space's")
+    result = _run_install(env, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    commands = [
+        line.removeprefix("would run: ")
+        for line in result.stdout.splitlines()
+        if line.startswith("would run: ") and "with space" in line
+    ]
+    assert any("CMAKE_ARGS=" in line for line in commands)
+    for line in commands:  # the shell splits each line back into the very same arguments
+        words = shlex.split(line)
+        assert any(word.startswith(str(tmp_path / "with space's")) for word in words), line
+    build = shlex.split(next(line for line in commands if "CMAKE_ARGS=" in line))
+    assert build[1].startswith("CMAKE_ARGS=-DGGML_NATIVE=OFF ")
+
+
+def test_install_refuses_a_python_older_than_3_11_before_changing_anything(
+    tmp_path: Path,
+) -> None:
+    old_python = tmp_path / "python3.10"
+    old_python.write_text("#!/bin/sh\nexec python3 -c 'import sys; sys.exit(1)'\n")
+    old_python.chmod(0o755)
+    user = pwd.getpwuid(os.getuid()).pw_name  # an existing account: never a useradd here
+    env = _install_env(tmp_path, ROOT, user, PYTHON=str(old_python))
+    dry = _run_install(env, "--dry-run")
+    assert dry.returncode == 0 and "older than 3.11" in dry.stderr
+    if os.geteuid() != 0:
+        return  # the real run refuses non-root users before it looks at Python
+    stub = tmp_path / "systemctl"
+    stub.write_text("#!/bin/sh\nexit 0\n")
+    stub.chmod(0o755)
+    real = _run_install({**env, "SYSTEMCTL": str(stub)})
+    assert real.returncode == 1
+    assert "older than 3.11" in real.stderr and "PYTHON=python3.11" in real.stderr
+    assert not (tmp_path / "p").exists()  # nothing created, no user added
 
 
 def test_install_refuses_unknown_options_and_missing_template(tmp_path: Path) -> None:

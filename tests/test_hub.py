@@ -7,6 +7,7 @@ client reads it at import time, so that is the only honest way to test the varia
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -22,6 +23,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -266,6 +268,10 @@ def test_cli_download_end_to_end_with_progress_and_token(
     # HF_TOKEN reached the hub on the listing and the download.
     gets = hub.resolve_requests("ruGPT-3.5-13B-Q5_K_M.gguf")
     assert gets and all(r.headers.get("authorization") == "Bearer hf_test_token" for r in gets)
+    listings = [r for r in hub.requests if r.path.startswith("/api/models/")]
+    assert listings and all(
+        r.headers.get("authorization") == "Bearer hf_test_token" for r in listings
+    )
 
 
 def test_cli_download_then_info_on_the_downloaded_file(hub: FakeHub, tmp_path: Path) -> None:
@@ -360,6 +366,13 @@ def test_no_network_is_one_sentence(tmp_path: Path) -> None:
     assert "check the network connection or HF_ENDPOINT" in error
 
 
+def test_bad_settings_are_one_sentence_not_a_traceback(tmp_path: Path) -> None:
+    env = _cli_env("http://127.0.0.1:9", tmp_path, N_CTX="two thousand")
+    for command in (["models", "list"], ["models", "download", "rugpt35-13b"]):
+        error = _one_sentence_error(_cli(command, env))
+        assert error.startswith("Error: invalid settings: N_CTX:"), error
+
+
 def test_disk_too_small_is_refused_before_downloading(hub: FakeHub, tmp_path: Path) -> None:
     # The listing says 20 TB: no disk here has that, so the real free space refuses it.
     error = _one_sentence_error(
@@ -368,6 +381,41 @@ def test_disk_too_small_is_refused_before_downloading(hub: FakeHub, tmp_path: Pa
     assert "Not enough disk space in" in error and "needs 20.00 TB" in error
     assert not hub.resolve_requests("ruGPT-3.5-13B-Q8_0.gguf")
     assert not hub.resolve_requests("ruGPT-3.5-13B-Q8_0.gguf", method="HEAD")
+
+
+def test_a_folder_the_user_cannot_write_is_one_sentence(hub: FakeHub, tmp_path: Path) -> None:
+    # Root may write anywhere, so a file in the way stands in for a service-owned DATA_DIR.
+    (tmp_path / "taken").write_text("a file, not a folder")
+    env = _cli_env(hub.url, tmp_path / "taken", HF_HOME=str(tmp_path / "hf-home"))
+    error = _one_sentence_error(_cli(["models", "download", "rugpt35-13b"], env))
+    assert error.startswith(f"Error: Cannot write {tmp_path / 'taken'}")
+    assert "runuser -u domovoy" in error and "DATA_DIR" in error
+    # huggingface_hub's own token file under another user's HOME: one sentence as well.
+    env["HF_HOME"] = str(tmp_path / "taken" / "hf-home")
+    error = _one_sentence_error(_cli(["models", "download", "rugpt35-13b"], env))
+    assert error.startswith(f"Error: Cannot use {tmp_path / 'taken' / 'hf-home'}"), error
+    assert "HF_HOME" in error
+    # A stray folder where the partial download belongs is refused the same way.
+    part = tmp_path / "models" / "oblivious--ruGPT-3.5-13B-GGUF" / "ruGPT-3.5-13B-Q4_K_M.gguf.part"
+    part.mkdir(parents=True)
+    with pytest.raises(HubError, match=f"^Cannot write {part} "):
+        download("rugpt35-13b", models_dir=tmp_path / "models", endpoint=hub.url)
+    part.rmdir()
+
+
+def test_a_disk_filling_up_mid_download_is_one_sentence(
+    hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A full disk cannot be made here: the transfer hits ENOSPC after its first bytes.
+    import huggingface_hub.file_download as file_download
+
+    def fill_up(url: str, temp_file: Any, **kwargs: Any) -> None:
+        temp_file.write(b"some bytes")
+        raise OSError(errno.ENOSPC, "No space left on device", temp_file.name)
+
+    monkeypatch.setattr(file_download, "http_get", fill_up)
+    with pytest.raises(HubError, match=r"disk filled up .* continues where it stopped"):
+        download("rugpt35-13b", models_dir=tmp_path / "models", endpoint=hub.url)
 
 
 def test_disk_refusal_with_a_nearly_full_disk(

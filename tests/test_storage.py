@@ -8,6 +8,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC
 from pathlib import Path
@@ -526,6 +527,63 @@ def test_a_message_survives_sigkill_of_the_writer(url: str) -> None:
     assert interrupted == 1
     assert reply is not None and reply.status == "partial"
     assert reply.text == storage_child.PARTIAL_REPLY
+
+
+async def test_repositories_never_commit_behind_the_caller(
+    engine: AsyncEngine, sessions: Sessions
+) -> None:
+    conversation, stored = await add_user_with_history(sessions, 1, 1, ["было", "ответ"])
+    before = await count_rows_of(engine, 1)
+    async with sessions() as session:
+        users, conversations = UserRepository(session), ConversationRepository(session)
+        messages = MessageRepository(session)
+        await users.upsert(2, username="new", first_name=None, language_code=None)
+        await users.set_system_prompt(1, "не сохранится")
+        await conversations.current(3, 3)
+        await conversations.reset(1, 1)
+        await messages.add(conversation.id, "user", "не сохранится", telegram_message_ids=[5])
+        await messages.update(stored[1].id, text="изменено", status="failed")
+        await messages.add(conversation.id, "bot", "", status="pending")
+        await messages.mark_pending_as_partial()
+        await users.forget(1)
+        await session.rollback()  # the caller changes its mind: nothing may have been committed
+    async with sessions() as session:
+        assert await StatsRepository(session).totals() == StorageStats(1, 1, 2)
+        user = await UserRepository(session).get(1)
+        assert user is not None and user.system_prompt is None
+        assert await ConversationRepository(session).current(1, 1) == conversation
+        assert await MessageRepository(session).history(conversation.id) == stored
+    assert await count_rows_of(engine, 1) == before
+
+
+async def test_no_sqlite_call_runs_on_the_event_loop_thread(url: str) -> None:
+    """Every statement, the connection set-up included, runs in aiosqlite's worker thread, so
+    a slow disk never stalls the bot's other users."""
+    loop_thread = threading.get_ident()
+    threads: list[tuple[int, str]] = []
+
+    def trace(dbapi_connection: Any, _record: Any) -> None:
+        raw = dbapi_connection.driver_connection._conn  # the sqlite3 connection aiosqlite owns
+        raw.set_trace_callback(lambda sql: threads.append((threading.get_ident(), sql)))
+
+    engine = create_engine(url)
+    event.listen(engine.sync_engine, "connect", trace, insert=True)  # before the pragmas
+    try:
+        await migrate(engine)
+        sessions = create_session_factory(engine)
+        await add_user_with_history(sessions, 1, 1, ["раз", "два"])
+        async with sessions() as session:
+            await MessageRepository(session).history(1)
+            await UserRepository(session).forget(1)
+            await session.commit()
+        await checkpoint(engine)
+    finally:
+        await engine.dispose()
+    statements = [sql for _, sql in threads]
+    assert any("journal_mode" in sql for sql in statements), statements
+    assert any(sql.startswith("INSERT INTO messages") for sql in statements), statements
+    on_loop = [sql for thread, sql in threads if thread == loop_thread]
+    assert on_loop == []
 
 
 # --- the history read ---------------------------------------------------------------------------

@@ -8,12 +8,29 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
+    from bot.settings import Settings
     from models.registry import ModelEntry
 
 
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"Error: {message}", err=True)
     return typer.Exit(1)
+
+
+def _settings() -> Settings:
+    """The settings, or one sentence naming the bad ones (a typo in .env is no traceback)."""
+    from pydantic import ValidationError
+
+    from bot.settings import Settings
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise _fail(f"invalid settings: {problems}.") from None
 
 
 def _entry_header(entry: ModelEntry) -> list[str]:
@@ -27,11 +44,10 @@ def _entry_header(entry: ModelEntry) -> list[str]:
 
 def list_models() -> None:
     """The known models, their quantizations with sizes, and which fit this machine's RAM."""
-    from bot.settings import Settings
     from models.hub import HubError, HubUnreachable, check_reachable, list_repo, resolve_endpoint
     from models.registry import REGISTRY, RUNTIME_OVERHEAD, human_size, ram_estimate, total_ram
 
-    settings = Settings()
+    settings = _settings()
     token = settings.hf_token.get_secret_value() if settings.hf_token else None
     endpoint = resolve_endpoint()
     ram = total_ram()
@@ -81,11 +97,10 @@ def download(
     quant: Annotated[str, typer.Option(help="Quantization, e.g. Q4_K_M, Q5_K_M, Q8_0.")] = "Q4_K_M",
 ) -> None:
     """Download a model (a LoRA also fetches its base) into DATA_DIR/models."""
-    from bot.settings import Settings
     from models.errors import ModelError
     from models.hub import download as hub_download
 
-    settings = Settings()
+    settings = _settings()
     token = settings.hf_token.get_secret_value() if settings.hf_token else None
     try:
         result = hub_download(
