@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+import llama_cpp
 import numpy as np
 import numpy.typing as npt
 
@@ -141,7 +142,6 @@ class ChatEngine:
         llama: LlamaLike,
         *,
         n_ctx: int,
-        n_batch: int = 512,
         stop_ids: set[int],
         sampling: SamplingParams | None = None,
         state_cache: StateCache | None = None,
@@ -151,7 +151,6 @@ class ChatEngine:
         # The conversation the live context belongs to; None when nobody may claim it.
         self._live_key: str | None = None
         self.n_ctx = n_ctx
-        self._n_batch = n_batch
         self._stop_ids = stop_ids | {llama.token_eos()}
         self.sampling = sampling or SamplingParams()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
@@ -161,6 +160,12 @@ class ChatEngine:
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
         self._ids = itertools.count(1)
+        # llama.cpp asks this between the steps of a batch's evaluation. A 512-token batch of
+        # a 13B model takes about a minute on a CPU; a cancel must not wait for all of it.
+        # Only set while a prompt is fed: during generation a cancel takes effect at the next
+        # token anyway, and a Python call for every graph step would slow each token down.
+        self._feeding: Generation | None = None
+        self._abort = llama_cpp.ggml_abort_callback(self._abort_requested)
 
     @property
     def stop_ids(self) -> frozenset[int]:
@@ -171,10 +176,12 @@ class ChatEngine:
         return len(self._queue) + (1 if self._running else 0)
 
     def position_of(self, generation: Generation) -> int:
-        try:
-            return self._queue.index(generation) + 1 + (1 if self._running else 0)
-        except ValueError:
+        if generation not in self._queue:
             return 0
+        # A cancelled request ahead will be skipped: it does not make anybody wait.
+        ahead = itertools.takewhile(lambda other: other is not generation, self._queue)
+        waiting = sum(1 for other in ahead if not other.cancelled)
+        return waiting + 1 + (1 if self._running else 0)
 
     def submit(
         self,
@@ -276,21 +283,35 @@ class ChatEngine:
         return restored
 
     def _feed_prompt(self, generation: Generation) -> int | None:
-        """Evaluate the prompt in batches, reusing the context's matching prefix.
+        """Evaluate the prompt, reusing the context's matching prefix.
 
-        Returns how many tokens were evaluated, or None when cancelled midway: a long prompt
-        takes minutes on a CPU and a cancel must not wait for all of it.
+        Returns how many tokens were evaluated, or None when cancelled midway.
         """
         llama, prompt = self._llama, generation.prompt
         prefix = common_prefix(llama.input_ids[: llama.n_tokens], np.asarray(prompt, np.intc))
         # The last prompt token is always evaluated again: sampling needs its fresh logits.
         prefix = min(prefix, len(prompt) - 1)
         llama.n_tokens = prefix
-        for start in range(prefix, len(prompt), self._n_batch):
+        if generation.cancelled:
+            return None
+        self._feeding = generation
+        llama_cpp.llama_set_abort_callback(llama.ctx, self._abort, None)
+        try:
+            llama.eval(prompt[prefix:])
+        except RuntimeError:
+            # An aborted batch leaves n_tokens at the last whole batch; any cells past it are
+            # removed before the next evaluation or capture, so the context stays consistent.
             if generation.cancelled:
                 return None
-            llama.eval(prompt[start : start + self._n_batch])
+            raise
+        finally:
+            llama_cpp.llama_set_abort_callback(llama.ctx, llama_cpp.ggml_abort_callback(), None)
+            self._feeding = None
         return len(prompt) - prefix
+
+    def _abort_requested(self, _data: object) -> bool:
+        feeding = self._feeding
+        return feeding is not None and feeding.cancelled
 
     def _generate_blocking(
         self, generation: Generation, loop: asyncio.AbstractEventLoop

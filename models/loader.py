@@ -150,9 +150,3 @@ def load_llama(config: ModelConfig) -> Llama:
         config.lora_path.name if config.lora_path else "none",
     )
     return llama
-
-
-def trained_context(llama: Llama) -> int:
-    metadata = llama.metadata
-    arch = metadata.get("general.architecture", "")
-    return int(metadata.get(f"{arch}.context_length", "0"))

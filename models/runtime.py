@@ -60,9 +60,12 @@ def state_identity(config: ModelConfig, llama: Llama) -> StateIdentity:
         lora=FileStamp.of(config.lora_path) if config.lora_path is not None else None,
         lora_scale=float(config.lora_scale),
         n_ctx=int(llama.n_ctx()),
-        n_batch=int(llama.n_batch),
+        n_batch=int(params.n_batch),
+        n_ubatch=int(params.n_ubatch),
         type_k=int(params.type_k),
         type_v=int(params.type_v),
+        flash_attn=int(params.flash_attn_type),
+        n_gpu_layers=config.n_gpu_layers,
         llama_cpp=str(llama_cpp.__version__),
     )
 
@@ -117,7 +120,6 @@ def load_chat_model(
     engine = ChatEngine(
         llama,  # type: ignore[arg-type]
         n_ctx=config.n_ctx,
-        n_batch=config.n_batch,
         stop_ids=stop_ids,
         sampling=sampling,
         state_cache=make_state_cache(

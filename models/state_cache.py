@@ -65,8 +65,12 @@ class StateIdentity:
     lora_scale: float
     n_ctx: int
     n_batch: int
+    n_ubatch: int
     type_k: int
     type_v: int
+    flash_attn: int
+    # Layers computed on a GPU give slightly different numbers than on the CPU.
+    n_gpu_layers: int
     llama_cpp: str
 
     def to_json(self) -> dict[str, Any]:
@@ -311,11 +315,6 @@ class StateCache:
             # Also a file this process never indexed: forgetting must leave nothing behind.
             with contextlib.suppress(FileNotFoundError):
                 (self.directory / f"{digest}{SUFFIX}").unlink()
-        self._update_stats()
-
-    def clear_ram(self) -> None:
-        self._ram.clear()
-        self._ram_used = 0
         self._update_stats()
 
     # -- internals -------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from models.errors import TemplateError
@@ -250,7 +251,14 @@ class GgufTemplate(ChatTemplate):
 
     def __init__(self, source: str, *, bos: str = "", eos: str = "") -> None:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        self._template = env.from_string(source)
+        # Hugging Face templates call this to refuse conversations they cannot format.
+        env.globals["raise_exception"] = _raise_template_error
+        try:
+            self._template = env.from_string(source)
+        except jinja2.TemplateError as exc:
+            raise TemplateError(
+                f"The model file's chat template is not valid Jinja ({exc}); use another TEMPLATE."
+            ) from exc
         self._bos, self._eos = bos, eos
         self.stop_pieces = (eos,) if eos else ()
 
@@ -258,15 +266,20 @@ class GgufTemplate(ChatTemplate):
         self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True
     ) -> list[Segment]:
         markers = {f"\x00{uuid.uuid4().hex}\x00": m.content.strip() for m in messages}
-        rendered = self._template.render(
-            messages=[
-                {"role": OPENAI_ROLES[m.role], "content": marker}
-                for m, marker in zip(messages, markers, strict=True)
-            ],
-            add_generation_prompt=add_generation_prompt,
-            bos_token=self._bos,
-            eos_token=self._eos,
-        )
+        try:
+            rendered = self._template.render(
+                messages=[
+                    {"role": OPENAI_ROLES[m.role], "content": marker}
+                    for m, marker in zip(messages, markers, strict=True)
+                ],
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self._bos,
+                eos_token=self._eos,
+            )
+        except jinja2.TemplateError as exc:
+            raise TemplateError(
+                f"The model file's chat template failed ({exc}); use another TEMPLATE."
+            ) from exc
         segments: list[Segment] = []
         rest = rendered
         for marker, content in markers.items():
@@ -281,6 +294,10 @@ class GgufTemplate(ChatTemplate):
 
     def stop_token_ids(self, tokenizer: Tokenizer) -> set[int]:
         return {tokenizer.token_id(self._eos)} if self._eos else set()
+
+
+def _raise_template_error(message: str) -> None:
+    raise TemplateError(f"The model file's chat template refused the conversation: {message}")
 
 
 BUILTIN_TEMPLATES: dict[str, type[ChatTemplate]] = {

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from llama_cpp import Llama
 
-from models.errors import TemplateError
+from models.errors import ModelLoadError, TemplateError
 from models.loader import check_gguf
 
 
@@ -40,7 +40,13 @@ class LlamaTokenizer:
     @classmethod
     def from_file(cls, path: Path) -> LlamaTokenizer:
         check_gguf(path)
-        return cls(Llama(model_path=str(path), vocab_only=True, verbose=False))
+        try:
+            return cls(Llama(model_path=str(path), vocab_only=True, verbose=False))
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelLoadError(
+                f"llama.cpp could not read the vocabulary of the model file {path}; "
+                "it is damaged or of an architecture this llama.cpp build does not support."
+            ) from exc
 
     def encode(self, text: str, *, special: bool = False) -> list[int]:
         if not text:

@@ -23,7 +23,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from models.errors import WindowError
+from models.errors import TemplateError, WindowError
 from models.templates import ChatMessage, ChatTemplate
 from models.tokenizer import Tokenizer
 
@@ -31,7 +31,7 @@ Turn = list[ChatMessage]
 
 # Fraction of the prompt budget (N_CTX - MAX_NEW_TOKENS) the window slides down to.
 DEFAULT_LOW_WATERMARK = 0.5
-MAX_REMEMBERED = 100_000  # message lengths the window remembers
+MAX_REMEMBERED = 100_000  # turn lengths the window remembers
 
 
 @dataclass(frozen=True)
@@ -138,27 +138,38 @@ class Window:
             return [m for turn in older[dropped:] for m in turn] + newest
 
         start = self._slide_start(system, turns) if self.low_watermark < 1.0 else 0
-        # Fewer turns never need more tokens, so the least number to drop is a binary search.
-        # With a watermark the replayed start already fits; the search only guards the estimate.
-        low, high = start, len(older)
-        best: list[int] | None = None
-        while low <= high:
-            middle = (low + high) // 2
-            tokens = self._encode(system, candidate(middle))
+        fitting: dict[int, list[int]] = {}  # turns dropped -> the prompt, when it fits
+
+        def fits(dropped: int) -> bool:
+            tokens = self._encode(system, candidate(dropped))
             if len(tokens) <= self.budget:
-                best, high = tokens, middle - 1
+                fitting[dropped] = tokens
+            return dropped in fitting
+
+        # The fewest turns to drop, as fewer turns never need more tokens. Searched from the
+        # newest end, doubling, then halving: the text encoded stays in proportion to what is
+        # kept, not to a history of months. With a watermark the replayed start already fits.
+        low, high, step = start, len(older), 1
+        while high - step >= low:
+            if not fits(high - step):
+                low = high - step + 1
+                break
+            high -= step
+            step *= 2
+        while low < high:  # every count below `low` is too long; `high` fits if it was tried
+            middle = (low + high) // 2
+            if fits(middle):
+                high = middle
             else:
                 low = middle + 1
-        if best is not None:
-            dropped = low
-            kept = candidate(dropped)
+        if high in fitting or fits(high):
             return WindowResult(
-                tokens=best,
-                messages=kept,
+                tokens=fitting[high],
+                messages=candidate(high),
                 n_ctx=self.n_ctx,
                 reserve=self.reserve,
-                dropped_turns=dropped,
-                dropped_messages=orphans + sum(len(turn) for turn in older[:dropped]),
+                dropped_turns=high,
+                dropped_messages=orphans + sum(len(turn) for turn in older[:high]),
             )
         return self._truncate_newest(
             system, newest[0], dropped_turns=len(older), dropped_messages=len(history) - 1
@@ -168,7 +179,8 @@ class Window:
         """Replay the conversation turn by turn; return how many old turns it has slid past.
 
         Each turn is measured on its own (templates put a special token between messages, so
-        lengths add up); the caller checks the final prompt exactly.
+        lengths add up); the caller checks the final prompt exactly. Whole turns, not single
+        messages, because many GGUF templates refuse a conversation that starts with the bot.
         """
         try:
             head = self._cost([])
@@ -176,28 +188,34 @@ class Window:
         except Exception:  # a GGUF Jinja template may insist on messages; overcounting is safe
             head, base = 0, self.system_overhead(system)
 
-        def cost(message: ChatMessage) -> int:
-            # Whole histories are replayed on every call: remember each message's length.
+        def cost(turn: Sequence[ChatMessage]) -> int:
+            # Whole histories are replayed on every call: remember each turn's length.
             # Keyed by a digest so that the text itself is not kept around.
-            digest = hashlib.blake2b(
-                f"{message.role}\0{message.content}".encode(), digest_size=16
-            ).digest()
-            if digest not in self._costs:
+            digest = hashlib.blake2b(digest_size=16)
+            for message in turn:
+                digest.update(f"{message.role}\0{message.content}\0".encode())
+            key = digest.digest()
+            if key not in self._costs:
                 if len(self._costs) >= MAX_REMEMBERED:
                     self._costs.clear()
-                self._costs[digest] = self._cost([message]) - head
-            return self._costs[digest]
+                self._costs[key] = self._cost(turn) - head
+            return self._costs[key]
 
-        turn_costs = [sum(cost(m) for m in turn) for turn in turns[:-1]]
-        start, kept = 0, 0  # kept = tokens of turns[start:k]
-        for k in range(1, len(turns)):
-            kept += turn_costs[k - 1]
-            asked = cost(turns[k][0])  # the user's message as it was when it was the newest
-            if base + kept + asked <= self.budget:
-                continue
-            while start < k and base + kept + asked > self.low_budget:
-                kept -= turn_costs[start]
-                start += 1
+        try:
+            turn_costs = [cost(turn) for turn in turns]
+            start, kept = 0, 0  # kept = tokens of turns[start:k]
+            for k in range(1, len(turns)):
+                kept += turn_costs[k - 1]
+                if base + kept + turn_costs[k] <= self.budget:
+                    continue  # the question fits, as its whole turn does
+                asked = cost(turns[k][:1])  # the question as it was when it was the newest
+                if base + kept + asked <= self.budget:
+                    continue
+                while start < k and base + kept + asked > self.low_budget:
+                    kept -= turn_costs[start]
+                    start += 1
+        except TemplateError:
+            return 0  # a template that cannot format a turn alone: slide like the plain window
         return start
 
     def _cost(self, messages: Sequence[ChatMessage]) -> int:
@@ -208,16 +226,31 @@ class Window:
     ) -> WindowResult:
         """The newest message alone is too long: keep as much of its end as fits."""
         text = message.content
-        low, high = 0, len(text)
         best = self._encode(system, [ChatMessage("user", "")])
-        while low <= high:
-            middle = (low + high) // 2
-            tokens = self._encode(system, [ChatMessage("user", text[len(text) - middle :])])
-            if len(tokens) <= self.budget:
-                best, low = tokens, middle + 1
+
+        def fits(keep: int) -> bool:
+            nonlocal best
+            tokens = self._encode(system, [ChatMessage("user", text[len(text) - keep :])])
+            if len(tokens) > self.budget:
+                return False
+            best = tokens
+            return True
+
+        # Doubling from the end, then halving: a pasted book costs what fits, not its length.
+        low, high = 0, len(text)  # keeping `low` characters fits, more than `high` does not
+        while low < high:
+            probe = min(2 * low + 64, high)
+            if not fits(probe):
+                high = probe - 1
+                break
+            low = probe
+        while low < high:
+            middle = (low + high + 1) // 2
+            if fits(middle):
+                low = middle
             else:
                 high = middle - 1
-        kept_chars = high
+        kept_chars = low  # `best` is the prompt of the last probe that fitted: this one
         return WindowResult(
             tokens=best,
             messages=[ChatMessage("user", text[len(text) - kept_chars :])],

@@ -8,12 +8,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tiny_model import build_tiny_gguf, build_tiny_lora  # noqa: E402
+from tiny_model import build_tiny_gguf, build_tiny_lora
 
-from models.engine import SamplingParams  # noqa: E402
-from models.loader import ModelConfig  # noqa: E402
-from models.runtime import ChatModel, load_chat_model  # noqa: E402
-from models.tokenizer import LlamaTokenizer  # noqa: E402
+from models.engine import SamplingParams
+from models.loader import ModelConfig
+from models.runtime import ChatModel, load_chat_model
+from models.tokenizer import LlamaTokenizer
 
 
 @pytest.fixture(scope="session")

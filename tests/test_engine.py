@@ -109,6 +109,42 @@ async def test_cancel_stops_within_one_token(chat_model: ChatModel) -> None:
     assert result.n_tokens <= 7
 
 
+async def test_cancel_stops_a_long_prompt_evaluation_midway(
+    chat_model: ChatModel, tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = chat_model.engine
+    llama = engine._llama
+    prompt = chat_model.tokenizer.encode("борщ и щи " * 1000)[:1900]
+    generation = engine.submit(prompt, max_new_tokens=8)
+    context, decode = llama._ctx, llama._ctx.decode  # type: ignore[attr-defined]
+    batches = []
+
+    def decode_then_cancel(batch: object) -> None:
+        batches.append(batch)
+        if len(batches) == 2:
+            generation.cancel()  # /stop while llama.cpp is inside the second batch
+        decode(batch)
+
+    monkeypatch.setattr(context, "decode", decode_then_cancel)
+    result = await generation.result()
+    monkeypatch.undo()
+    assert result.finish_reason == "cancelled"
+    assert result.n_prompt_evaluated == 0
+    # Stopped inside the second batch of 512, not after all four.
+    assert len(batches) == 2
+    assert llama.n_tokens == 512
+
+    # What was evaluated before the cancel is reused, and the context gives the right answer.
+    again = await engine.submit(prompt, max_new_tokens=8).result()
+    assert again.n_prompt_evaluated == len(prompt) - 512
+    reference = Llama(str(tiny_gguf), n_ctx=2048, verbose=False)
+    completion = reference.create_completion(
+        prompt, max_tokens=8, temperature=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0
+    )
+    reference.close()
+    assert again.text == completion["choices"][0]["text"]  # type: ignore[index]
+
+
 async def test_queue_is_fifo_with_positions(chat_model: ChatModel) -> None:
     engine = chat_model.engine
     order: list[int] = []
@@ -131,6 +167,18 @@ async def test_queue_is_fifo_with_positions(chat_model: ChatModel) -> None:
     assert engine.queue_length == 0
 
 
+async def test_cancelled_requests_ahead_do_not_count(chat_model: ChatModel) -> None:
+    engine = chat_model.engine
+    running = engine.submit(prompt_for(chat_model, "один"), max_new_tokens=30)
+    await running.started.wait()
+    queued = [engine.submit(prompt_for(chat_model, "два"), max_new_tokens=5) for _ in range(3)]
+    assert [q.position for q in queued] == [2, 3, 4]
+    queued[0].cancel()  # /stop from the user ahead: the others move up at once
+    assert [q.position for q in queued[1:]] == [2, 3]
+    results = await asyncio.gather(*(q.result() for q in [running, *queued]))
+    assert [r.finish_reason for r in results] == ["length", "cancelled", "length", "length"]
+
+
 async def test_cancel_while_queued(chat_model: ChatModel) -> None:
     engine = chat_model.engine
     running = engine.submit(prompt_for(chat_model), max_new_tokens=100)
@@ -142,15 +190,28 @@ async def test_cancel_while_queued(chat_model: ChatModel) -> None:
     assert (await running.result()).n_tokens == 100
 
 
-async def test_hard_cap_keeps_prompt_plus_reply_within_context(chat_model: ChatModel) -> None:
+def byte_token(model_path: Path, byte: int) -> int:
+    vocab = Llama(str(model_path), vocab_only=True, verbose=False)
+    token = next(t for t in range(vocab.n_vocab()) if vocab.detokenize([t]) == bytes([byte]))
+    vocab.close()
+    return token
+
+
+async def test_hard_cap_keeps_prompt_plus_reply_within_context(
+    chat_model: ChatModel, tiny_gguf: Path
+) -> None:
     engine = chat_model.engine
     filler = chat_model.tokenizer.encode("борщ " * 3000)
     prompt = filler[: engine.n_ctx - 5]
-    generation = engine.submit(prompt, max_new_tokens=512)
+    # Only the first byte of a Cyrillic letter, again and again: the text never ends in whole
+    # UTF-8, the state in which llama-cpp-python skips its own max_tokens check.
+    lead_byte = byte_token(tiny_gguf, "ж".encode()[0])
+    generation = engine.submit(prompt, max_new_tokens=512, logits_processor=forcing([lead_byte]))
     result = await generation.result()
     # A GPT-2 model asked past its context aborts the whole process; reaching here is the test.
     assert result.n_tokens == 5
     assert result.finish_reason == "length"
+    assert engine._llama.n_tokens <= engine.n_ctx
     with pytest.raises(ValueError, match="does not fit"):
         engine.submit(filler[: engine.n_ctx], max_new_tokens=1)
 

@@ -39,6 +39,19 @@ def test_truncated_gguf_is_a_clear_error(tmp_path: Path, tiny_gguf: Path) -> Non
     assert str(broken) in str(info.value)
 
 
+@pytest.mark.parametrize("keep", [1000, 300_000])
+def test_truncated_gguf_fails_loading_the_chat_model_with_a_sentence(
+    tmp_path: Path, tiny_gguf: Path, keep: int
+) -> None:
+    # The vocabulary is read first (`domovoy prompt`, the bot's start): it must not leak
+    # llama-cpp-python's bare ValueError either.
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(tiny_gguf.read_bytes()[:keep])
+    with pytest.raises(ModelLoadError, match="could not read the vocabulary") as info:
+        load_chat_model(ModelConfig(model_path=broken), template="gigasaiga", max_new_tokens=64)
+    assert str(broken) in str(info.value)
+
+
 def test_lora_for_another_architecture_is_refused(tmp_path: Path, tiny_gguf: Path) -> None:
     lora = build_tiny_lora(tmp_path / "llama-lora.gguf", architecture="llama")
     with pytest.raises(ModelLoadError, match="LoRA adapter") as info:

@@ -33,7 +33,7 @@ def test_prints_the_exact_prompt_text(tiny_gguf: Path) -> None:
     assert code == 0, err
     assert out == (
         f"<s>system\n{SAIGA_SYSTEM}</s>\n<s>user\nПривет!</s>\n<s>bot\nЗдравствуйте.</s>\n"
-        "<s>user\nКак дела? </s>\n<s>system\nТы злой</s>\n<s>bot\n"
+        "<s>user\nКак дела? </s>\n<s>system\nТы злой</s>\n<s>bot"
     )
     assert "dropped turns: 0" in err
 
@@ -70,7 +70,7 @@ def test_small_context_drops_old_turns(tiny_gguf: Path) -> None:
     dropped = int(err.split("dropped turns: ")[1].split()[0])
     assert 0 < dropped < 30
     assert "Вопрос номер 0:" not in out
-    assert out.rstrip("\n").endswith("<s>user\nСпасибо!</s>\n<s>bot")
+    assert out.endswith("<s>user\nСпасибо!</s>\n<s>bot")
 
 
 @pytest.mark.parametrize(

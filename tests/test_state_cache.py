@@ -52,6 +52,7 @@ def load(
     lora: Path | None = None,
     scale: float = 1.0,
     n_ctx: int = 2048,
+    n_gpu_layers: int = 0,
 ) -> ChatModel:
     return load_chat_model(
         ModelConfig(
@@ -61,6 +62,7 @@ def load(
             seed=7,
             lora_path=lora,
             lora_scale=scale,
+            n_gpu_layers=n_gpu_layers,
         ),
         template="gigasaiga",
         max_new_tokens=40,
@@ -301,7 +303,7 @@ async def test_states_survive_a_restart(
     assert resumed.text == cold.text
 
 
-@pytest.mark.parametrize("change", ["lora", "lora_scale", "model_file", "n_ctx"])
+@pytest.mark.parametrize("change", ["lora", "lora_scale", "model_file", "n_ctx", "n_gpu_layers"])
 async def test_states_of_another_model_or_adapter_are_deleted(
     tiny_gguf: Path,
     tiny_lora: Path,
@@ -312,7 +314,7 @@ async def test_states_of_another_model_or_adapter_are_deleted(
     model_path = tmp_path / "model.gguf"
     shutil.copy(tiny_gguf, model_path)
     states = tmp_path / "states"
-    before: dict[str, object] = {"lora": None, "scale": 1.0, "n_ctx": 2048}
+    before: dict[str, object] = {"lora": None, "scale": 1.0, "n_ctx": 2048, "n_gpu_layers": 0}
     if change == "lora_scale":
         before["lora"] = tiny_lora
     first = models(model_path, disk_only(states), **before)
@@ -329,6 +331,8 @@ async def test_states_of_another_model_or_adapter_are_deleted(
         after["scale"] = 0.5
     elif change == "n_ctx":
         after["n_ctx"] = 1024
+    elif change == "n_gpu_layers":
+        after["n_gpu_layers"] = 99  # a GPU build would now compute the layers there
     else:
         os.utime(model_path, ns=(1, 1))  # the model file was replaced
     second = models(model_path, disk_only(states), **after)
@@ -378,7 +382,19 @@ async def test_damaged_files_are_ignored_and_deleted(
 
 
 def identity(tiny_gguf: Path) -> StateIdentity:
-    return StateIdentity(FileStamp.of(tiny_gguf), None, 1.0, 2048, 512, 1, 1, "test")
+    return StateIdentity(
+        model=FileStamp.of(tiny_gguf),
+        lora=None,
+        lora_scale=1.0,
+        n_ctx=2048,
+        n_batch=512,
+        n_ubatch=512,
+        type_k=1,
+        type_v=1,
+        flash_attn=-1,
+        n_gpu_layers=0,
+        llama_cpp="test",
+    )
 
 
 def fake_state(n_tokens: int, nbytes: int) -> KeptState:

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
-from models.errors import WindowError
+import pytest
+from llama_cpp import Llama
+from tiny_model import build_tiny_gguf
+
+from models.errors import TemplateError, WindowError
 from models.templates import ChatMessage, get_template
 from models.tokenizer import LlamaTokenizer
 from models.window import Window
@@ -157,3 +161,61 @@ def test_watermark_is_a_fraction(tokenizer: LlamaTokenizer) -> None:
     for bad in (0.0, -0.5, 1.5):
         with pytest.raises(WindowError, match="WINDOW_LOW_WATERMARK"):
             Window(get_template("gigasaiga"), tokenizer, n_ctx=512, reserve=64, low_watermark=bad)
+
+
+# Mistral, Llama 2, Gemma and others refuse, through `raise_exception`, any conversation that
+# does not alternate user and bot starting with the user.
+STRICT_JINJA = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant') }}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% else %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}"
+)
+
+
+def test_watermark_works_with_a_gguf_template_that_insists_on_alternation(
+    tmp_path: Path,
+) -> None:
+    tokenizer = LlamaTokenizer.from_file(
+        build_tiny_gguf(tmp_path / "strict.gguf", chat_template=STRICT_JINJA)
+    )
+    template = get_template("gguf", tokenizer)
+    messages = history(40)
+    plain = Window(template, tokenizer, n_ctx=512, reserve=RESERVE).fit(None, messages)
+    stepped = Window(template, tokenizer, n_ctx=512, reserve=RESERVE, low_watermark=0.5)
+    result = stepped.fit(None, messages)
+    assert result.messages[-1] == messages[-1]
+    assert plain.dropped_turns <= result.dropped_turns < 40
+    assert result.n_prompt <= 512 - RESERVE
+    assert result.tokens == template.encode(result.messages, tokenizer)
+    # The template's own refusal reaches the operator as a sentence, not a Jinja traceback.
+    with pytest.raises(TemplateError, match="must alternate"):
+        template.encode([ChatMessage("bot", "Я первый."), *messages], tokenizer)
+
+
+class CountingTokenizer(LlamaTokenizer):
+    """The real tokenizer, counting the characters it is asked to encode."""
+
+    characters = 0
+
+    def encode(self, text: str, *, special: bool = False) -> list[int]:
+        self.characters += len(text)
+        return super().encode(text, special=special)
+
+
+def test_a_long_history_costs_what_is_kept_not_its_whole_length(
+    tokenizer: LlamaTokenizer, tiny_gguf: Path
+) -> None:
+    # The bot builds a prompt on its event loop for every message of a conversation that may
+    # have run for months: the work must follow the window, not the history.
+    counting = CountingTokenizer(Llama(str(tiny_gguf), vocab_only=True, verbose=False))
+    messages = history(2000)
+    result = Window(get_template("gigasaiga"), counting, n_ctx=512, reserve=RESERVE).fit(
+        SYSTEM, messages
+    )
+    assert result.tokens == full_prompt(tokenizer, result.messages)
+    kept = sum(len(m.content) for m in result.messages)
+    whole = sum(len(m.content) for m in messages)
+    assert whole > 200 * kept
+    assert counting.characters < 30 * kept

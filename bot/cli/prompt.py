@@ -87,7 +87,10 @@ def prompt(
         typer.echo("\n".join(str(token) for token in result.tokens))
     else:
         sys.stdout.write(tokenizer.decode(result.tokens, special=True))
-        sys.stdout.write("\n")
+        # A prompt may end in its own newline (chatml): only a terminal gets one more, so
+        # that piped output is byte for byte what the model is fed.
+        if sys.stdout.isatty():
+            sys.stdout.write("\n")
     typer.echo(
         f"tokens: {result.n_prompt}, budget: {result.budget} "
         f"(n_ctx {result.n_ctx} - reserve {result.reserve}), "
