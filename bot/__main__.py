@@ -17,7 +17,29 @@ EXIT_CONFIG = 2
 logger = logging.getLogger(__name__)
 
 
-def setup_logging(level: str) -> None:
+class HideSqlParameters(logging.Filter):
+    """A database error quotes its statement's parameters, users' message text included:
+    hide them unless LOG_MESSAGE_TEXT is on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from sqlalchemy.exc import StatementError
+
+        errors = [arg for arg in (record.args or ()) if isinstance(arg, BaseException)]
+        if record.exc_info and record.exc_info[1] is not None:
+            errors.append(record.exc_info[1])
+        seen: set[int] = set()
+        while errors:
+            error = errors.pop()
+            if id(error) in seen:
+                continue
+            seen.add(id(error))
+            if isinstance(error, StatementError):
+                error.hide_parameters = True
+            errors.extend(e for e in (error.__cause__, error.__context__) if e is not None)
+        return True
+
+
+def setup_logging(level: str, *, message_text: bool = False) -> None:
     # One line per record on stderr: journald keeps it readable and adds the time itself.
     logging.basicConfig(
         level=level.upper(),
@@ -25,6 +47,9 @@ def setup_logging(level: str) -> None:
         stream=sys.stderr,
         force=True,
     )
+    if not message_text:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(HideSqlParameters())
     # aiogram logs every handled update at INFO: noise in the journal.
     logging.getLogger("aiogram.event").setLevel(logging.WARNING)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
@@ -81,7 +106,7 @@ async def _main() -> None:
     from bot.settings import Settings
 
     settings = Settings()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, message_text=settings.log_message_text)
     # Cheap checks before the slow imports: a missing token must not wait for the model.
     preflight.check(settings)
     stop = asyncio.Event()

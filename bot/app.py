@@ -75,18 +75,19 @@ def build_app(
 
 async def set_commands(bot: Bot, access: AccessPolicy) -> None:
     """The command menu in Russian (default) and English; admins also see /status."""
-    menus = {
-        language: [BotCommand(command=name, description=text) for name, text in texts.commands]
-        for texts, language in ((RU, None), (EN, "en"))
-    }
-    for language, commands in menus.items():
+    languages = ((RU, None), (EN, "en"))
+    for texts, language in languages:
+        commands = [BotCommand(command=name, description=text) for name, text in texts.commands]
         await bot.set_my_commands(commands, BotCommandScopeDefault(), language_code=language)
     for admin_id in access.admins.ids:
-        for language, commands in menus.items():
-            status = BotCommand(command="status", description="/status")
+        for texts, language in languages:
+            commands = [
+                BotCommand(command=name, description=text)
+                for name, text in (*texts.commands, ("status", texts.status_command))
+            ]
             try:
                 await bot.set_my_commands(
-                    [*commands, status],
+                    commands,
                     BotCommandScopeChat(chat_id=admin_id),
                     language_code=language,
                 )

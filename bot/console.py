@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import re
 import signal
 import sys
 import threading
@@ -110,7 +111,7 @@ class Console:
                 LOCAL_USER, username=None, first_name="console", language_code=None
             )
             await session.commit()
-        self._say(self._texts.help)
+        self._say(self._texts.console_help)
         waiting: deque[str] = deque()
         end_of_input = False
         try:
@@ -187,8 +188,9 @@ class Console:
                 self._say(self._texts.reset_done)
             elif text == "/system" or text.startswith("/system "):
                 await self._system(session, text.removeprefix("/system").strip())
-            elif text in ("/help", "/start"):
-                self._say(self._texts.help)
+            elif re.fullmatch(r"/[A-Za-z_]+", text.split()[0]):
+                # /help and commands the console does not have are not for the model.
+                self._say(self._texts.console_help)
             else:
                 user = await UserRepository(session).get(LOCAL_USER)
                 assert user is not None

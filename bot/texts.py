@@ -22,10 +22,12 @@ class Texts:
     forget_no: str
     forget_done: str
     forget_cancelled: str
+    forget_not_yours: str
     access_closed: str  # {user_id}
     only_text: str
     group_hello: str
     queue_position: str  # {ahead}
+    queue_your_turn: str
     forgotten_start: str
     truncated_message: str
     reply_failed: str
@@ -35,6 +37,8 @@ class Texts:
     shutting_down: str
     status: str  # {model} {uptime} {queue} {users} {conversations} {messages} {tps}
     commands: tuple[tuple[str, str], ...]
+    status_command: str  # the admins' extra menu entry
+    console_help: str  # `domovoy chat`
 
 
 RU = Texts(
@@ -71,6 +75,10 @@ RU = Texts(
     forget_no="Отмена",
     forget_done="Готово: все ваши данные удалены.",
     forget_cancelled="Хорошо, ничего не удаляю.",
+    forget_not_yours=(
+        "Эта кнопка для того, кто отправил /forget; чтобы удалить свои данные, "
+        "отправьте свой /forget."
+    ),
     access_closed=(
         "Доступ к этому боту закрыт. Ваш числовой id: {user_id} — "
         "владелец может добавить его в ALLOWED_USERS."
@@ -81,6 +89,7 @@ RU = Texts(
         "у каждого здесь свой разговор со мной."
     ),
     queue_position="Вы в очереди, впереди: {ahead}. Ответ начнётся, как только модель освободится.",
+    queue_your_turn="Ваша очередь: модель читает разговор, ответ скоро начнётся.",
     forgotten_start="(Начало разговора не поместилось в память модели и забыто.)",
     truncated_message="(Сообщение слишком длинное: модель увидела только его конец.)",
     reply_failed="Не получилось сгенерировать ответ. Попробуйте ещё раз.",
@@ -100,6 +109,12 @@ RU = Texts(
         ("system", "Показать или задать системную подсказку"),
         ("stop", "Остановить текущий ответ"),
         ("forget", "Удалить все мои данные"),
+    ),
+    status_command="Состояние бота: очередь, скорость, статистика",
+    console_help=(
+        "Пишите сообщения модели; ответ печатается по мере генерации.\n"
+        "/reset — новый разговор; /system [текст|reset] — системная подсказка; "
+        "/stop или Ctrl-C — остановить ответ; /quit или Ctrl-D — выйти."
     ),
 )
 
@@ -138,6 +153,7 @@ EN = Texts(
     forget_no="Cancel",
     forget_done="Done: all your data has been deleted.",
     forget_cancelled="OK, nothing deleted.",
+    forget_not_yours="This button belongs to whoever sent /forget; send your own /forget.",
     access_closed=(
         "Access to this bot is closed. Your numeric id is {user_id}; "
         "the owner can add it to ALLOWED_USERS."
@@ -150,6 +166,7 @@ EN = Texts(
     queue_position=(
         "You are in the queue, ahead of you: {ahead}. The reply starts once the model is free."
     ),
+    queue_your_turn="Your turn: the model is reading the conversation; the reply starts soon.",
     forgotten_start=(
         "(The start of our conversation no longer fits the model's memory and is forgotten.)"
     ),
@@ -171,6 +188,12 @@ EN = Texts(
         ("system", "Show or set the system prompt"),
         ("stop", "Stop the current reply"),
         ("forget", "Delete all my data"),
+    ),
+    status_command="Bot status: queue, speed, statistics",
+    console_help=(
+        "Write to the model; the reply is printed as it is generated.\n"
+        "/reset — new conversation; /system [text|reset] — system prompt; "
+        "/stop or Ctrl-C — stop a reply; /quit or Ctrl-D — leave."
     ),
 )
 

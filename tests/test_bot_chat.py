@@ -45,6 +45,8 @@ async def test_start_greets_in_russian_and_registers_commands(
         en = bot.tg.my_commands(language_code="en")
         assert ru == ["start", "help", "reset", "system", "stop", "forget"]
         assert [c["description"] for c in en] == [d for _, d in EN.commands]
+        admin_menu = bot.tg.my_commands(scope={"type": "chat", "chat_id": ADMIN})
+        assert admin_menu[-1] == {"command": "status", "description": RU.status_command}
 
 
 async def test_english_user_gets_english_texts(chat_model: ChatModel, tmp_path: Path) -> None:
@@ -182,6 +184,9 @@ async def test_user_message_is_stored_before_generation_and_queue_is_shown(
         assert chat_model.name in status[0] and "В очереди: 2" in status[0]
         await bot.wait_reply(ADMIN, within=30)
         assert (await bot.history(ADMIN))[1].status == "complete"
+        # Once its turn comes, the stale queue place gives way before the reply appears.
+        drafts = [d.text for d in bot.tg.drafts(ADMIN)]
+        assert drafts[:2] == [queued, RU.queue_your_turn], drafts[:3]
 
 
 async def test_stranger_is_refused_with_their_id(chat_model: ChatModel, tmp_path: Path) -> None:
@@ -254,3 +259,26 @@ async def test_stop_also_cancels_a_reply_still_waiting_its_turn(
         assert [r.role for r in history] == ["user", "bot", "user"]
         assert history[1].status == "partial"
         assert len(generations) == 1  # the second never reached the model
+
+
+async def test_commands_answer_at_once_while_another_user_is_answered(
+    chat_model: ChatModel, tmp_path: Path
+) -> None:
+    instrument(chat_model, seconds_per_token=0.1)  # the admin's reply takes about 6 s
+    async with running_bot(chat_model, tmp_path) as bot:
+        bot.tg.push_message(OWNER, "Привет")
+        await bot.wait_reply(OWNER)
+        bot.tg.push_message(ADMIN, "Напиши длинный ответ")
+        await bot.wait(lambda: bot.tg.drafts(ADMIN))
+        for command, answer in (
+            ("/reset", RU.reset_done),
+            ("/system Ты — кот.", RU.system_set),
+            ("/forget", RU.forget_confirm),
+        ):
+            bot.tg.push_message(OWNER, command)
+            await bot.wait(has_text(bot.tg, OWNER, answer), within=2.0)
+        question = [m for m in bot.tg.sent_messages(OWNER) if m.text == RU.forget_confirm]
+        bot.tg.press_button(OWNER, question[0].message_id, text=RU.forget_yes)
+        await bot.wait(has_text(bot.tg, OWNER, RU.forget_done), within=2.0)
+        assert not bot.tg.sent_messages(ADMIN), "the admin's reply was still being written"
+        await bot.wait_reply(ADMIN)

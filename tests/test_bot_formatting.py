@@ -3,6 +3,7 @@ Bot API server (a real aiogram Bot, no mocks)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,7 +12,7 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from fake_telegram import FakeTelegram
 
 from bot.access import AccessPolicy
-from bot.services.formatting import MESSAGE_LIMIT, split_message, to_html, utf16_len
+from bot.services.formatting import MESSAGE_LIMIT, open_fence, split_message, to_html, utf16_len
 from bot.services.streaming import DraftSupport, TelegramReply
 
 USER = 1001
@@ -111,3 +112,88 @@ async def test_refused_drafts_fall_back_to_edits(tg: FakeTelegram, bot: Bot) -> 
     [message] = tg.sent_messages(USER)
     assert message.history == ["Раз", "Раз два", "Раз два три"]
     assert support.enabled is False  # later replies do not ask again
+
+
+def test_a_code_block_cut_in_two_is_closed_and_reopened() -> None:
+    code = "\n".join(f"    x{i} = {i}  # строка {i}" for i in range(60))
+    text = f"Пример:\n\n```python\n{code}\n```\n\nПосле кода."
+    pieces = split_message(text, limit=400)
+    assert len(pieces) >= 3
+    assert all(utf16_len(piece) <= 400 for piece in pieces)
+    assert all(open_fence(piece) is None for piece in pieces)
+    assert all(piece.count("```") % 2 == 0 for piece in pieces)
+    assert pieces[1].startswith("```python\n    x")  # indentation inside the block is kept
+    html = [to_html(piece) for piece in pieces]
+    assert all('<pre><code class="language-python">' in h for h in html)
+    assert html[-1].endswith("</code></pre>\n\nПосле кода.")
+    lines = [line for piece in pieces for line in piece.splitlines() if "строка" in line]
+    assert lines == code.splitlines()  # nothing lost or doubled at the cuts
+
+
+@pytest.mark.parametrize("drafts", [True, False])
+async def test_a_long_code_reply_streams_into_messages_that_each_hold_a_code_block(
+    tg: FakeTelegram, bot: Bot, drafts: bool
+) -> None:
+    code = "\n".join(f"    value_{i} = compute({i})  # шаг {i}" for i in range(220))
+    text = f"Вот код:\n\n```python\n{code}\n```\n\nГотово."
+    streaming = reply(bot, drafts=drafts, interval=0.01)
+    for end in range(200, len(text), 700):
+        await streaming.update(text[:end])
+        await asyncio.sleep(0.03)
+    ids = await streaming.finish(text, [])
+    messages = tg.sent_messages(USER)
+    assert len(messages) >= 3 and ids == [m.message_id for m in messages]
+    for message in messages:
+        assert [e["type"] for e in message.entities][:1] == ["pre"], message.text[:80]
+    shown = [line for m in messages for line in m.text.splitlines() if "шаг" in line]
+    assert [line.strip() for line in shown] == [line.strip() for line in code.splitlines()]
+    assert messages[-1].text.endswith("Готово.")
+
+
+async def test_edit_mode_never_repeats_an_unchanged_text(tg: FakeTelegram, bot: Bot) -> None:
+    streaming = reply(bot, drafts=False)
+    for text in ("Раз", "Раз ", "Раз", "Раз два", "Раз два\n"):
+        await streaming.update(text)
+        await asyncio.sleep(0.1)
+    await streaming.finish("Раз два", [])
+    assert tg.sent_messages(USER)[0].history == ["Раз", "Раз два"]
+    assert all(call.status == 200 for call in tg.calls("editMessageText"))
+
+
+async def test_a_deleted_reply_message_goes_on_in_a_new_one(tg: FakeTelegram, bot: Bot) -> None:
+    streaming = reply(bot, drafts=False)
+    await streaming.update("Начало")
+    await tg.wait_for(lambda: tg.sent_messages(USER))
+    tg.fail_next(
+        "editMessageText", status=400, description="Bad Request: message to edit not found"
+    )
+    ids = await streaming.finish("Начало и конец", [])
+    first, second = tg.sent_messages(USER)
+    assert first.text == "Начало" and second.text == "Начало и конец"
+    assert ids == [second.message_id]
+
+
+async def test_drafts_refused_in_one_chat_stay_on_for_the_others(
+    tg: FakeTelegram, bot: Bot
+) -> None:
+    tg.fail_next("sendMessageDraft", status=400, description="Bad Request: TEXTDRAFT_PEER_INVALID")
+    support = DraftSupport(True)
+    streaming = TelegramReply(bot, USER, private=True, drafts=support, interval=0.05)
+    await streaming.update("Раз")
+    await tg.wait_for(lambda: tg.sent_messages(USER))
+    await streaming.finish("Раз два", [])
+    assert tg.sent_messages(USER)[0].history == ["Раз", "Раз два"]
+    assert support.enabled, "one chat's refusal must not switch drafts off for everybody"
+
+
+async def test_a_user_who_blocked_the_bot_is_not_hammered(tg: FakeTelegram, bot: Bot) -> None:
+    tg.block(USER)
+    support = DraftSupport(True)
+    streaming = TelegramReply(bot, USER, private=True, drafts=support, interval=0.05)
+    for text in ("Раз", "Раз два", "Раз два три", "Раз два три четыре"):
+        await streaming.update(text)
+        await asyncio.sleep(0.15)
+    assert await streaming.finish("Раз два три четыре", []) == []
+    writes = [c for c in tg.calls() if c.method in ("sendMessageDraft", "sendMessage")]
+    assert len(writes) == 1 and writes[0].status == 403
+    assert support.enabled

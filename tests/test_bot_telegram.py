@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from bot_e2e import OWNER, has_text, instrument, load_model, running_bot
+from bot_e2e import ADMIN, OWNER, has_text, instrument, load_model, running_bot
 
 from bot.services.formatting import MESSAGE_LIMIT
 from bot.texts import EN, RU
@@ -41,6 +41,9 @@ async def test_without_drafts_one_message_is_edited_at_most_once_per_interval(
         assert message.text == reply.text.strip()
         assert len(message.history) >= 3, "the reply was not streamed by edits"
         assert all(a != b for a, b in zip(message.history, message.history[1:], strict=False))
+        # The fake server refuses an unchanged edit ("message is not modified"), so the history
+        # alone cannot show one was tried: every edit call must have been accepted.
+        assert all(call.status == 200 for call in bot.tg.calls("editMessageText"))
         edits = bot.tg.edits(OWNER)
         gaps = [b.at - a.at for a, b in itertools.pairwise(edits)]
         assert all(gap >= 0.45 for gap in gaps), gaps
@@ -74,7 +77,10 @@ async def test_flood_limit_on_final_message_still_delivers(
         await bot.wait_reply(OWNER)
         reply = (await bot.history(OWNER))[1]
         await bot.wait(lambda: bot.tg.texts(OWNER) == [reply.text.strip()])
-        assert len([c for c in bot.tg.calls("sendMessage") if c.status == 429]) == 2
+        sends = bot.tg.calls("sendMessage")
+        assert [c.status for c in sends] == [429, 429, 200]
+        gaps = [b.at - a.at for a, b in itertools.pairwise(sends)]
+        assert all(gap >= 0.95 for gap in gaps), gaps  # each retry_after=1 waited out
 
 
 async def test_telegram_outage_during_polling_is_survived(
@@ -100,12 +106,10 @@ async def test_reply_longer_than_a_message_is_split(tiny_gguf: Path, tmp_path: P
             await bot.wait_reply(OWNER, within=60)
             reply = (await bot.history(OWNER))[1]
             assert len(reply.text) > MESSAGE_LIMIT
-            sent = await bot.wait(
-                lambda: (
-                    len(bot.tg.sent_messages(OWNER)) == len(reply.telegram_message_ids)
-                    and bot.tg.sent_messages(OWNER)
-                )
+            await bot.wait(
+                lambda: len(bot.tg.sent_messages(OWNER)) == len(reply.telegram_message_ids)
             )
+            sent = bot.tg.sent_messages(OWNER)
             assert len(sent) >= 2
             assert all(len(m.text) <= MESSAGE_LIMIT for m in sent)
             joined = "".join(m.text for m in sent)
@@ -117,7 +121,7 @@ async def test_reply_longer_than_a_message_is_split(tiny_gguf: Path, tmp_path: P
 async def test_group_answers_only_when_mentioned_or_replied_to(
     chat_model: ChatModel, tmp_path: Path
 ) -> None:
-    generations = instrument(chat_model)
+    generations = instrument(chat_model, seconds_per_token=0.01)  # long enough to see edits
     async with running_bot(chat_model, tmp_path) as bot:
         bot.tg.push_group_message(OWNER, GROUP, "просто болтаем между собой")
         mention = bot.tg.push_group_message(OWNER, GROUP, "как погода?", mention=True)
@@ -127,6 +131,8 @@ async def test_group_answers_only_when_mentioned_or_replied_to(
         prompt = chat_model.tokenizer.decode(generations[0].prompt, special=True)
         assert "как погода?" in prompt and "болтаем" not in prompt and "@domovoy" not in prompt
         assert not bot.tg.drafts(GROUP), "drafts are for private chats"
+        assert not [c for c in bot.tg.calls("sendMessageDraft") if c.params["chat_id"] == GROUP]
+        assert bot.tg.edits(GROUP), "a group reply streams by edits"
         bot_message = bot.tg.sent_messages(GROUP)[0]
         first_send = next(c for c in bot.tg.calls("sendMessage") if c.params["chat_id"] == GROUP)
         assert (
@@ -175,7 +181,7 @@ async def test_forget_deletes_everything_after_confirmation(
         question = await bot.wait(
             lambda: [m for m in bot.tg.sent_messages(OWNER) if m.text == RU.forget_confirm]
         )
-        bot.tg.press_button(OWNER, question[0].message_id, data="forget:no")
+        bot.tg.press_button(OWNER, question[0].message_id, text=RU.forget_no)
         await bot.wait(has_text(bot.tg, OWNER, RU.forget_cancelled))
         assert len(await bot.history(OWNER)) == 2
         bot.tg.push_message(OWNER, "/forget")
@@ -185,12 +191,43 @@ async def test_forget_deletes_everything_after_confirmation(
             )  # the first question was edited into the cancellation
         )
         question = [m for m in bot.tg.sent_messages(OWNER) if m.text == RU.forget_confirm]
-        bot.tg.press_button(OWNER, question[0].message_id, data="forget:yes")
+        bot.tg.press_button(OWNER, question[0].message_id, text=RU.forget_yes)
         await bot.wait(has_text(bot.tg, OWNER, RU.forget_done))
         async with bot.sessions() as session:
             assert await UserRepository(session).get(OWNER) is None
             totals = await StatsRepository(session).totals()
         assert (totals.users, totals.conversations, totals.messages) == (0, 0, 0)
+
+
+async def test_forget_mid_reply_and_in_a_group_only_by_who_asked(
+    chat_model: ChatModel, tmp_path: Path
+) -> None:
+    instrument(chat_model, seconds_per_token=0.05)
+    async with running_bot(chat_model, tmp_path) as bot:
+        bot.tg.push_group_message(ADMIN, GROUP, "привет всем")
+        bot.tg.push_message(ADMIN, "Запомни: я админ")
+        await bot.wait_reply(ADMIN)
+        bot.tg.push_group_message(OWNER, GROUP, "/forget")
+        question = await bot.wait(lambda: bot.tg.sent_messages(GROUP))
+        # Someone else presses the owner's button: refused, nothing of theirs is deleted.
+        bot.tg.press_button(GROUP, question[0].message_id, text=RU.forget_yes, user_id=ADMIN)
+        refusal = await bot.wait(
+            lambda: [c for c in bot.tg.calls("answerCallbackQuery") if c.params.get("text")]
+        )
+        assert refusal[0].params["text"] == RU.forget_not_yours
+        assert len(await bot.history(ADMIN)) == 2 and question[0].text == RU.forget_confirm
+
+        # The owner confirms while a reply of theirs is still being written.
+        bot.tg.push_message(OWNER, "Напиши длинный ответ")
+        await bot.wait(lambda: bot.tg.drafts(OWNER))
+        bot.tg.press_button(GROUP, question[0].message_id, text=RU.forget_yes, user_id=OWNER)
+        await bot.wait(has_text(bot.tg, GROUP, RU.forget_done))
+        await asyncio.sleep(1.0)
+        assert not bot.tg.sent_messages(OWNER), "nothing more of a forgotten reply is shown"
+        async with bot.sessions() as session:
+            assert await UserRepository(session).get(OWNER) is None
+            assert await UserRepository(session).get(ADMIN) is not None
+        assert await bot.history(OWNER) == []
 
 
 async def test_added_to_a_group_says_how_to_talk_there(

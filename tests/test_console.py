@@ -45,7 +45,7 @@ async def stored(data_dir: Path) -> tuple[list[MessageRecord], str | None, int]:
 async def test_console_chat_streams_and_keeps_history_with_commands(
     tiny_gguf: Path, tmp_path: Path
 ) -> None:
-    script = "Привет\n/system Ты кот\nКто ты?\n/system\n/reset\nСнова\n"
+    script = "Привет\n/system Ты кот\nКто ты?\n/system\n/forget\n/reset\nСнова\n"
     process = await asyncio.create_subprocess_exec(
         *CLI,
         env=console_env(tiny_gguf, tmp_path, MAX_NEW_TOKENS="40"),
@@ -58,6 +58,7 @@ async def test_console_chat_streams_and_keeps_history_with_commands(
     output = stdout.decode()
     assert process.returncode == 0, stderr.decode()
     assert RU.system_set in output and "Ты кот" in output and RU.reset_done in output
+    assert output.count(RU.console_help) == 2  # at the start and for /forget
     history, system_prompt, conversation_id = await stored(tmp_path)
     assert system_prompt == "Ты кот"
     assert [(r.role, r.status) for r in history] == [("user", "complete"), ("bot", "complete")]
@@ -93,7 +94,7 @@ async def test_ctrl_c_stops_a_reply_without_quitting(tmp_path: Path) -> None:
                     raise AssertionError(f"the console ended early: {output!r}")
                 output += decoder.decode(chunk)
 
-        await read_until(RU.help)
+        await read_until(RU.console_help)
         process.stdin.write("Расскажи длинную сказку\n".encode())
         await process.stdin.drain()
         await read_until(len(output) + 30)  # the reply is streaming

@@ -68,8 +68,9 @@ async def on_text(
     except ServiceClosing:
         await message.answer(texts.shutting_down)
     except StorageError as exc:
+        # The storage's reasons are for the operator; the user gets a sentence in their language.
         logger.warning("message not stored: %s", exc)
-        await message.answer(str(exc))
+        await message.answer(texts.reply_failed)
     except ModelError as exc:
         logger.error("no reply: %s", exc)
         await message.answer(texts.reply_failed)

@@ -13,9 +13,9 @@ import contextlib
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -74,11 +74,13 @@ class _Active:
 
     key: str
     cancelled: bool = False
+    forgotten: bool = False  # /forget: nothing of this reply may be stored or shown any more
     generation: Generation | None = None
     streamed: list[str] = field(default_factory=list)
 
-    def cancel(self) -> None:
+    def cancel(self, *, forget: bool = False) -> None:
         self.cancelled = True
+        self.forgotten = self.forgotten or forget
         if self.generation is not None:
             self.generation.cancel()
 
@@ -109,6 +111,7 @@ class ChatService:
         self._keys_of_user: dict[int, set[str]] = defaultdict(set)
         self._told_forgotten: set[int] = set()  # conversations told their start was dropped
         self._speeds: deque[float] = deque(maxlen=10)
+        self._background: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
@@ -153,12 +156,12 @@ class ChatService:
         await UserRepository(session).set_system_prompt(user_id, prompt)
         await session.commit()
         for key in self._keys_of_user.get(user_id, set()):
-            await self._invalidate(key)
+            self._invalidate(key)
 
     async def reset(self, session: AsyncSession, user_id: int, chat_id: int) -> None:
         await ConversationRepository(session).reset(user_id, chat_id)
         await session.commit()
-        await self._invalidate(conversation_key(user_id, chat_id))
+        self._invalidate(conversation_key(user_id, chat_id))
 
     def stop(self, user_id: int, chat_id: int) -> bool:
         """Cancel the user's running and queued replies in that chat; False if there were none."""
@@ -177,13 +180,13 @@ class ChatService:
         keys.add(conversation_key(user_id, user_id))
         for key in keys:
             for reply in self._active.get(key, []):
-                reply.cancel()
+                reply.cancel(forget=True)
         await UserRepository(session).forget(user_id)
         await session.commit()
         if isinstance(session.bind, AsyncEngine):
             await checkpoint(session.bind)  # the deleted text must not linger in SQLite's log
         for key in keys:
-            await self.model.engine.forget(key)
+            self._on_model_thread(self.model.engine.forget(key))
 
     async def apply_edit(
         self, session: AsyncSession, user_id: int, chat_id: int, telegram_id: int, text: str
@@ -196,7 +199,7 @@ class ChatService:
             return False
         await messages.update(record.id, text=text)
         await session.commit()
-        await self._invalidate(conversation_key(user_id, chat_id))
+        self._invalidate(conversation_key(user_id, chat_id))
         return True
 
     # The turn itself.
@@ -214,26 +217,28 @@ class ChatService:
     ) -> Outcome:
         key = conversation_key(user.id, chat_id)
         conversations, messages = ConversationRepository(session), MessageRepository(session)
-        conversation = await conversations.current(user.id, chat_id)
-        user_row = await messages.add(
-            conversation.id,
-            "user",
-            text,
-            n_tokens=len(self.model.tokenizer.encode(text, special=False)),
-            telegram_message_ids=[telegram_id] if telegram_id is not None else [],
-        )
-        # Committed before anything can go wrong: what the user typed is never lost.
-        await session.commit()
-        if self._log_text:
-            logger.info("user %d in chat %d: %r", user.id, chat_id, text)
-        if self._closing:
-            await sink.close()
-            raise ServiceClosing
+        # Registered before the first await, so a /stop or /forget that arrives while the
+        # message is being stored already finds this reply.
         active = _Active(key)
         self._active[key].append(active)
         self._keys_of_user[user.id].add(key)
         self._idle.clear()
         try:
+            conversation = await conversations.current(user.id, chat_id)
+            user_row = await messages.add(
+                conversation.id,
+                "user",
+                text,
+                n_tokens=len(self.model.tokenizer.encode(text, special=False)),
+                telegram_message_ids=[telegram_id] if telegram_id is not None else [],
+            )
+            # Committed before anything can go wrong: what the user typed is never lost.
+            await session.commit()
+            if self._log_text:
+                logger.info("user %d in chat %d: %r", user.id, chat_id, text)
+            if self._closing:
+                await sink.close()
+                raise ServiceClosing
             # One reply at a time per conversation, so each prompt sees the previous answer.
             async with self._locks[key]:
                 if active.cancelled:
@@ -279,6 +284,8 @@ class ChatService:
             await self._wait_for_start(generation, sink, texts)
             checkpoint = time.monotonic()
             async for delta in generation.stream():
+                if active.forgotten:
+                    break
                 active.streamed.append(delta)
                 text = "".join(active.streamed)
                 await sink.update(text)
@@ -287,6 +294,10 @@ class ChatService:
                     await self._store(session, bot_row_id, text, "pending", None)
                     checkpoint = time.monotonic()
             result = await generation.result()
+            if active.forgotten:
+                # The user deleted everything, this reply's rows included: store and show nothing.
+                await sink.close()
+                return Outcome("", "partial", 0, user_row_id, None, window, [])
         except asyncio.CancelledError:
             generation.cancel()
             partial = "".join(active.streamed)
@@ -330,6 +341,9 @@ class ChatService:
                 shown = ahead
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(generation.started.wait(), STATUS_POLL)
+        if shown is not None and not generation.cancelled:
+            # Replace the stale queue place: reading a long prompt can take minutes on a CPU.
+            await sink.show_status(texts.queue_your_turn)
 
     async def _store(
         self,
@@ -371,8 +385,21 @@ class ChatService:
             window.tokens, max_new_tokens=window.max_new_tokens, key=key
         )
 
-    async def _invalidate(self, key: str) -> None:
-        await self.model.engine.invalidate(key)
+    def _invalidate(self, key: str) -> None:
+        self._on_model_thread(self.model.engine.invalidate(key))
+
+    def _on_model_thread(self, work: Coroutine[Any, Any, None]) -> None:
+        """Drop kept model states without making the command wait: the model's thread may be
+        busy with another user's reply for minutes. The work is queued on that thread now,
+        so it runs before any later generation."""
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("dropping a kept model state failed", exc_info=task.exception())
 
     # Shutdown.
 
@@ -387,4 +414,6 @@ class ChatService:
         except TimeoutError:
             logger.warning("replies still running after %.0f s", grace)
             return False
+        if self._background:  # a /forget's erasure of kept states must not be cut short
+            await asyncio.wait(set(self._background), timeout=grace)
         return True

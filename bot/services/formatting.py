@@ -10,6 +10,8 @@ from chatgpt_md_converter import telegram_format
 MESSAGE_LIMIT = 4096
 
 _SENTENCE_END = re.compile(r"[.!?…;](?:[\"»)\]]*)\s+")
+_FENCE = re.compile(r"^[ \t]*```[^\n`]*$", re.MULTILINE)
+FENCE_CLOSE = "\n```"
 
 
 def utf16_len(text: str) -> int:
@@ -52,16 +54,42 @@ def find_cut(text: str, limit: int = MESSAGE_LIMIT) -> int:
     return end
 
 
+def open_fence(markdown: str) -> str | None:
+    """The opening line of a ``` code block that `markdown` leaves unclosed, if any."""
+    opening: str | None = None
+    for match in _FENCE.finditer(markdown):
+        opening = match.group().strip() if opening is None else None
+    if opening is not None and len(opening) > 32:  # not a language name: keep the block only
+        return "```"
+    return opening
+
+
+def next_piece(text: str, limit: int = MESSAGE_LIMIT) -> tuple[str, int, str]:
+    """The first message of `text` (trimmed), how many characters of `text` it takes, and the
+    code-fence line the rest must start with: a code block cut in two is closed at the end of
+    one message and opened again in the next, so the converter never sees half a block."""
+    cut = find_cut(text, limit - len(FENCE_CLOSE))
+    piece = text[:cut].strip()
+    fence = open_fence(piece)
+    if fence is None:
+        return piece, cut, ""
+    while cut < len(text) and text[cut] == "\n":  # indentation inside the block is kept
+        cut += 1
+    return piece + FENCE_CLOSE, cut, fence + "\n"
+
+
 def split_message(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
     """Split into pieces that each fit one Telegram message; whitespace at the cuts is dropped."""
     pieces: list[str] = []
     rest = text.strip()
     while rest:
-        cut = find_cut(rest, limit)
-        piece = rest[:cut].rstrip()
+        if utf16_len(rest) <= limit:
+            pieces.append(rest)
+            break
+        piece, used, carry = next_piece(rest, limit)
         if piece:
             pieces.append(piece)
-        rest = rest[cut:].lstrip()
+        rest = carry + rest[used:] if carry else rest[used:].lstrip()
     return pieces
 
 

@@ -24,20 +24,23 @@ from aiogram.enums import ChatAction, ParseMode
 from aiogram.exceptions import (
     TelegramAPIError,
     TelegramBadRequest,
+    TelegramForbiddenError,
     TelegramNetworkError,
+    TelegramNotFound,
     TelegramRetryAfter,
     TelegramServerError,
 )
 from aiogram.methods import EditMessageText, SendMessage, SendMessageDraft, TelegramMethod
 from aiogram.types import LinkPreviewOptions, Message, ReplyParameters
 
-from bot.services.formatting import MESSAGE_LIMIT, find_cut, split_message, to_html, utf16_len
+from bot.services.formatting import MESSAGE_LIMIT, next_piece, split_message, to_html, utf16_len
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 TYPING_EVERY = 4.5  # Telegram shows the typing action for about 5 seconds
 FINAL_ATTEMPTS = 6
+FINAL_PATIENCE = 150.0  # seconds a finished reply waits for Telegram to come back
 NOTE_ROOM = 300  # room kept in the last message for the notes under a reply
 _draft_ids = itertools.count(1)
 
@@ -77,7 +80,14 @@ def _not_modified(exc: TelegramBadRequest) -> bool:
 
 def _bad_entities(exc: TelegramBadRequest) -> bool:
     text = exc.message.lower()
-    return "entities" in text or "tag" in text
+    # "text is empty": markup that renders to nothing, such as an empty code block.
+    return "entities" in text or "tag" in text or "text is empty" in text
+
+
+def _message_gone(exc: TelegramBadRequest) -> bool:
+    # The user deleted the message being edited, or it is too old to edit.
+    text = exc.message.lower()
+    return "message to edit not found" in text or "message can't be edited" in text
 
 
 class TelegramReply:
@@ -103,6 +113,8 @@ class TelegramReply:
         self._text = ""  # the newest full text (or a status line before the reply starts)
         self._is_status = False
         self._frozen = 0  # characters of `_text` already closed into finished messages
+        self._carry = ""  # a code fence reopened at the start of the next message
+        self._blocked = False  # the user blocked the bot: nothing more can be delivered
         self._slots: list[_Slot] = [_Slot()]
         self._message_ids: list[int] = []
         self._draft_shown: str | None = None
@@ -139,8 +151,11 @@ class TelegramReply:
         self._typing.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._typing
+        if self._blocked:
+            return []
         self._text, self._is_status = text, False
-        body = text[self._frozen :].strip() if self._frozen < len(text) else ""
+        rest = text[self._frozen :]
+        body = (self._carry + rest).strip() if rest.strip() else ""
         note_html = "\n\n".join(f"<i>{escape(note)}</i>" for note in notes)
         pieces = split_message(body, MESSAGE_LIMIT - NOTE_ROOM) if body else []
         if not pieces and not note_html:
@@ -191,6 +206,10 @@ class TelegramReply:
             except _Deferred as deferred:
                 logger.debug("update deferred: %s", deferred)
                 self._dirty.set()
+            except TelegramForbiddenError as exc:
+                logger.info("chat %d cannot be written to (%s)", self._chat_id, exc)
+                self._blocked = True
+                return
             except TelegramAPIError as exc:
                 # A lost intermediate update is harmless: the final text follows anyway.
                 logger.warning("intermediate update failed: %s", exc)
@@ -199,16 +218,15 @@ class TelegramReply:
         if is_status:
             await self._show(_Payload(escape(text), ParseMode.HTML), len(self._slots) - 1)
             return
-        body = text[self._frozen :]
+        body = self._carry + text[self._frozen :]
         # Text past the limit closes the current message for good and opens the next one.
         while utf16_len(body.strip()) > MESSAGE_LIMIT - NOTE_ROOM:
-            cut = find_cut(body.lstrip(), MESSAGE_LIMIT - NOTE_ROOM)
-            lead = len(body) - len(body.lstrip())
-            piece = body.lstrip()[:cut].rstrip()
+            piece, used, carry = next_piece(body, MESSAGE_LIMIT - NOTE_ROOM)
             await self._deliver(piece, "", len(self._slots) - 1)
             self._slots.append(_Slot())
-            self._frozen += lead + cut
-            body = text[self._frozen :]
+            self._frozen += used - len(self._carry)
+            self._carry = carry
+            body = self._carry + text[self._frozen :]
         if body.strip():
             await self._show(_Payload.html(body.strip()), len(self._slots) - 1)
 
@@ -241,7 +259,7 @@ class TelegramReply:
             if payload.parse_mode is None or not _bad_entities(exc):
                 raise
             # A half-written reply can hold markup Telegram rejects: show it as plain text.
-            plain = _Payload(self._text[self._frozen :].strip(), None)
+            plain = _Payload((self._carry + self._text[self._frozen :]).strip(), None)
             if self._use_drafts:
                 await self._show_draft(plain)
             else:
@@ -260,24 +278,22 @@ class TelegramReply:
                     message_thread_id=self._thread_id,
                 )
             )
-        except (TelegramRetryAfter, TelegramNetworkError, TelegramServerError):
-            raise
         except TelegramBadRequest as exc:
             if payload.parse_mode is not None and _bad_entities(exc):
                 raise
-            self._refuse_drafts(exc)
+            # Refused in this chat only (TEXTDRAFT_PEER_INVALID...): other chats keep drafts.
+            logger.info("no drafts in chat %d (%s); editing a message", self._chat_id, exc)
+            self._use_drafts = False
             await self._put(payload, len(self._slots) - 1)
             return
-        except TelegramAPIError as exc:
-            self._refuse_drafts(exc)
+        except TelegramNotFound as exc:
+            # A Bot API server without the method: stop asking for every reply.
+            logger.info("drafts refused (%s); streaming by message edits instead", exc)
+            self._use_drafts = False
+            self._drafts.enabled = False
             await self._put(payload, len(self._slots) - 1)
             return
         self._draft_shown = payload.text
-
-    def _refuse_drafts(self, exc: TelegramAPIError) -> None:
-        logger.info("drafts refused (%s); streaming by message edits instead", exc)
-        self._use_drafts = False
-        self._drafts.enabled = False
 
     async def _put(self, payload: _Payload, index: int) -> None:
         """Send slot `index` as a new message, or edit it when it exists and changed."""
@@ -315,12 +331,20 @@ class TelegramReply:
                     )
                 )
             except TelegramBadRequest as exc:
+                if _message_gone(exc):
+                    # Carry on in a new message rather than lose the reply.
+                    self._message_ids.remove(slot.message_id)
+                    self._slots[index] = _Slot()
+                    await self._put(payload, index)
+                    return
                 if not _not_modified(exc):
                     raise
         slot.shown = wanted
 
     async def _deliver(self, piece: str, note_html: str, index: int) -> None:
         """Put one finished message in place, whatever it takes within reason."""
+        if self._blocked:
+            return
         while len(self._slots) <= index:
             self._slots.append(_Slot())
         html = to_html(piece) if piece else ""
@@ -343,7 +367,10 @@ class TelegramReply:
 
     async def _retrying(self, action: Callable[[], Awaitable[None]]) -> None:
         delay = 1.0
-        for attempt in range(1, FINAL_ATTEMPTS + 1):
+        # A home server's connection can drop for a minute: keep the finished reply until then.
+        give_up = time.monotonic() + FINAL_PATIENCE
+        flood_refusals = 0
+        while flood_refusals < FINAL_ATTEMPTS:
             # The final messages keep the pace too: flood limits count every call in a chat.
             wait = self._next_allowed() - time.monotonic()
             if wait > 0:
@@ -352,13 +379,13 @@ class TelegramReply:
                 await action()
                 return
             except TelegramRetryAfter:
-                continue  # `_call` noted how long to wait
+                flood_refusals += 1  # `_call` noted how long to wait
             except (TelegramNetworkError, TelegramServerError) as exc:
-                if attempt == FINAL_ATTEMPTS:
+                if time.monotonic() + delay > give_up:
                     raise
                 logger.warning("Telegram unavailable (%s); retrying in %.0f s", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, 15.0)
         raise TelegramNetworkError(
             method=SendMessage(chat_id=self._chat_id, text="?"),
             message="gave up after repeated 429 responses",
