@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -17,39 +18,30 @@ EXIT_CONFIG = 2
 logger = logging.getLogger(__name__)
 
 
-class HideSqlParameters(logging.Filter):
-    """A database error quotes its statement's parameters, users' message text included:
-    hide them unless LOG_MESSAGE_TEXT is on."""
+class JournalFormatter(logging.Formatter):
+    """Under systemd, a `<N>` prefix carries each record's syslog priority into the journal,
+    so that `journalctl -p warning` shows the problems only."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        from sqlalchemy.exc import StatementError
+    PRIORITIES: ClassVar[dict[int, int]] = {
+        logging.DEBUG: 7,
+        logging.INFO: 6,
+        logging.WARNING: 4,
+        logging.ERROR: 3,
+        logging.CRITICAL: 2,
+    }
 
-        errors = [arg for arg in (record.args or ()) if isinstance(arg, BaseException)]
-        if record.exc_info and record.exc_info[1] is not None:
-            errors.append(record.exc_info[1])
-        seen: set[int] = set()
-        while errors:
-            error = errors.pop()
-            if id(error) in seen:
-                continue
-            seen.add(id(error))
-            if isinstance(error, StatementError):
-                error.hide_parameters = True
-            errors.extend(e for e in (error.__cause__, error.__context__) if e is not None)
-        return True
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{self.PRIORITIES.get(record.levelno, 6)}>{super().format(record)}"
 
 
-def setup_logging(level: str, *, message_text: bool = False) -> None:
+def setup_logging(level: str) -> None:
     # One line per record on stderr: journald keeps it readable and adds the time itself.
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
-    if not message_text:
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(HideSqlParameters())
+    handler = logging.StreamHandler(sys.stderr)
+    text_format = "%(levelname)s %(name)s: %(message)s"
+    # systemd sets JOURNAL_STREAM when stderr is connected to the journal.
+    journal = bool(os.environ.get("JOURNAL_STREAM"))
+    handler.setFormatter((JournalFormatter if journal else logging.Formatter)(text_format))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     # aiogram logs every handled update at INFO: noise in the journal.
     logging.getLogger("aiogram.event").setLevel(logging.WARNING)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
@@ -78,7 +70,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
 
     url = settings.resolved_database_url
     try:
-        db = create_engine(url)
+        # Database errors quote their statement's parameters, users' text among them.
+        db = create_engine(url, hide_parameters=not settings.log_message_text)
     except (SQLAlchemyError, StorageError, OSError) as exc:
         raise StartupError(f"The database {url} cannot be opened: {exc}") from exc
     try:
@@ -106,7 +99,7 @@ async def _main() -> None:
     from bot.settings import Settings
 
     settings = Settings()
-    setup_logging(settings.log_level, message_text=settings.log_message_text)
+    setup_logging(settings.log_level)
     # Cheap checks before the slow imports: a missing token must not wait for the model.
     preflight.check(settings)
     stop = asyncio.Event()

@@ -32,17 +32,24 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, *, hide_parameters: bool = True) -> AsyncEngine:
     """An async engine for `url`; for SQLite the file's folder is created and the connection
-    tuned for a long-running service (WAL, foreign keys, busy timeout, synchronous=NORMAL)."""
+    tuned for a long-running service (WAL, foreign keys, busy timeout, synchronous=NORMAL).
+
+    With `hide_parameters`, error messages do not quote statement parameters, which hold
+    users' message text and would otherwise reach the logs."""
     try:
         sa_url = make_url(url)
     except Exception as exc:  # SQLAlchemy raises ArgumentError, ValueError, ...
         raise StorageError(f"DATABASE_URL {url!r} is not a valid SQLAlchemy URL.") from exc
     if sa_url.get_backend_name() != "sqlite":
-        return create_async_engine(sa_url, pool_pre_ping=True)
+        return create_async_engine(sa_url, pool_pre_ping=True, hide_parameters=hide_parameters)
     sa_url = _prepare_sqlite_file(sa_url)
-    engine = create_async_engine(sa_url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    engine = create_async_engine(
+        sa_url,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        hide_parameters=hide_parameters,
+    )
     event.listen(engine.sync_engine, "connect", _configure_sqlite_connection)
     return engine
 

@@ -222,38 +222,3 @@ async def test_a_token_telegram_rejects_ends_with_one_sentence(
         "domovoy: Telegram rejected BOT_TOKEN: copy the token from @BotFather again."
     )
     assert b"Traceback" not in stderr
-
-
-def test_database_errors_in_logs_do_not_quote_users_text(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    import logging
-
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.exc import IntegrityError
-
-    from bot.__main__ import setup_logging
-
-    engine = create_engine(f"sqlite:///{tmp_path / 'x.db'}")
-    secret = "мой пароль от почты 12345"
-    with engine.begin() as connection:
-        connection.execute(text("CREATE TABLE m (body TEXT UNIQUE)"))
-        connection.execute(text("INSERT INTO m VALUES (:b)"), {"b": secret})
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    try:
-        for message_text in (False, True):
-            setup_logging("INFO", message_text=message_text)
-            try:
-                with engine.begin() as connection:
-                    connection.execute(text("INSERT INTO m VALUES (:b)"), {"b": secret})
-            except IntegrityError as exc:
-                # As aiogram reports a handler's failure: the error as an argument and traceback.
-                logging.getLogger("aiogram.event").exception("Cause exception: %s", exc)
-            logged = capsys.readouterr().err
-            assert "UNIQUE constraint failed" in logged
-            assert (secret in logged) is message_text
-    finally:
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
-        engine.dispose()

@@ -751,3 +751,25 @@ async def test_migrations_match_the_orm_tables(engine: AsyncEngine) -> None:
         drifted.tables["messages"].append_column(sa.Column("extra", sa.Integer()))
         found = await conn.run_sync(differences(drifted))
     assert [diff[0] for diff in found] == ["add_column"]
+
+
+async def test_database_errors_do_not_quote_users_text_unless_asked(tmp_path: Path) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    secret = "мой пароль от почты 12345"
+    for hide, quoted in ((True, False), (False, True)):
+        engine = create_engine(
+            f"sqlite+aiosqlite:///{tmp_path / f'{hide}.db'}", hide_parameters=hide
+        )
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text("CREATE TABLE m (body TEXT UNIQUE)"))
+                await conn.execute(text("INSERT INTO m VALUES (:b)"), {"b": secret})
+            with pytest.raises(IntegrityError) as info:
+                async with engine.begin() as conn:
+                    await conn.execute(text("INSERT INTO m VALUES (:b)"), {"b": secret})
+            assert "UNIQUE constraint failed" in str(info.value)
+            assert (secret in str(info.value)) is quoted
+        finally:
+            await engine.dispose()
