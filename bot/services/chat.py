@@ -14,7 +14,7 @@ import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -76,7 +76,7 @@ class _Active:
     cancelled: bool = False
     forgotten: bool = False  # /forget: nothing of this reply may be stored or shown any more
     generation: Generation | None = None
-    streamed: list[str] = field(default_factory=list)
+    streamed: str = ""  # the reply so far
 
     def cancel(self, *, forget: bool = False) -> None:
         self.cancelled = True
@@ -286,8 +286,8 @@ class ChatService:
             async for delta in generation.stream():
                 if active.forgotten:
                     break
-                active.streamed.append(delta)
-                text = "".join(active.streamed)
+                active.streamed += delta
+                text = active.streamed
                 await sink.update(text)
                 if time.monotonic() - checkpoint >= CHECKPOINT_EVERY:
                     # Even a kill -9 then leaves most of a long reply in the database.
@@ -300,12 +300,12 @@ class ChatService:
                 return Outcome("", "partial", 0, user_row_id, None, window, [])
         except asyncio.CancelledError:
             generation.cancel()
-            partial = "".join(active.streamed)
+            partial = active.streamed
             await asyncio.shield(self._store(session, bot_row_id, partial, "partial", None))
             raise
         except Exception:
             logger.exception("generation failed")
-            partial = "".join(active.streamed)
+            partial = active.streamed
             await self._store(session, bot_row_id, partial, "failed", None)
             ids = await sink.finish(partial, [texts.reply_failed])
             await self._store_ids(session, bot_row_id, ids)
