@@ -42,12 +42,13 @@ test-fast: install-dev
 
 lint: install-dev
 	$(BIN)/ruff check bot storage models tests
+	$(BIN)/ruff format --check bot storage models tests
 	$(BIN)/mypy
 
 # Time-to-first-token with and without the state cache, on a random ~200M GPT-2 (3 minutes).
 bench: install-dev
 	mkdir -p build
-	$(BIN)/python tests/tiny_model.py --bench build/bench.gguf
+	$(BIN)/python tests/support/tiny_model.py --bench build/bench.gguf
 	$(BIN)/domovoy bench --model build/bench.gguf --history-tokens 1500 --users 3 --json
 
 clean:

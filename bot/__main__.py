@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import sys
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -16,35 +15,6 @@ if TYPE_CHECKING:
 
 EXIT_CONFIG = 2
 logger = logging.getLogger(__name__)
-
-
-class JournalFormatter(logging.Formatter):
-    """Under systemd, a `<N>` prefix carries each record's syslog priority into the journal,
-    so that `journalctl -p warning` shows the problems only."""
-
-    PRIORITIES: ClassVar[dict[int, int]] = {
-        logging.DEBUG: 7,
-        logging.INFO: 6,
-        logging.WARNING: 4,
-        logging.ERROR: 3,
-        logging.CRITICAL: 2,
-    }
-
-    def format(self, record: logging.LogRecord) -> str:
-        return f"<{self.PRIORITIES.get(record.levelno, 6)}>{super().format(record)}"
-
-
-def setup_logging(level: str) -> None:
-    # One line per record on stderr: journald keeps it readable and adds the time itself.
-    handler = logging.StreamHandler(sys.stderr)
-    text_format = "%(levelname)s %(name)s: %(message)s"
-    # systemd sets JOURNAL_STREAM when stderr is connected to the journal.
-    journal = bool(os.environ.get("JOURNAL_STREAM"))
-    handler.setFormatter((JournalFormatter if journal else logging.Formatter)(text_format))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-    # aiogram logs every handled update at INFO: noise in the journal.
-    logging.getLogger("aiogram.event").setLevel(logging.WARNING)
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 async def _keep_interrupted_replies(session_factory: async_sessionmaker[AsyncSession]) -> None:
@@ -63,8 +33,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     `stop` is set."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from bot.app import build_app, load_model, serve
     from bot.preflight import StartupError
+    from bot.telegram.app import build_app, load_model, serve
     from storage.database import create_engine, create_session_factory, migrate
     from storage.errors import StorageError
 
@@ -96,6 +66,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
 
 async def _main() -> None:
     from bot import preflight
+    from bot.logs import setup_logging
     from bot.settings import Settings
 
     settings = Settings()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bot.access import AccessPolicy
 from bot.settings import Settings
+from bot.telegram.access import AccessPolicy
 
 
 class StartupError(Exception):

@@ -1,19 +1,15 @@
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
+from sampling import GREEDY
 from tiny_model import build_tiny_gguf, build_tiny_lora
 
-from models.engine import SamplingParams
-from models.loader import ModelConfig
-from models.runtime import ChatModel, load_chat_model
-from models.tokenizer import LlamaTokenizer
+from models.prompt.tokenizer import LlamaTokenizer
+from models.runtime.chat_model import ChatModel, load_chat_model
+from models.runtime.loader import ModelConfig
 
 
 @pytest.fixture(scope="session")
@@ -29,9 +25,6 @@ def tiny_lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tokenizer(tiny_gguf: Path) -> LlamaTokenizer:
     return LlamaTokenizer.from_file(tiny_gguf)
-
-
-GREEDY = SamplingParams(temperature=0.0, top_p=1.0, top_k=1, repeat_penalty=1.0)
 
 
 @pytest.fixture

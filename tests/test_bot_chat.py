@@ -21,9 +21,9 @@ from bot_e2e import (
     seen_prompt,
 )
 
-from bot.texts import EN, RU
-from models.runtime import ChatModel
-from models.templates import ChatMessage
+from bot.telegram.texts import EN, RU
+from models.prompt.templates import ChatMessage
+from models.runtime.chat_model import ChatModel
 from storage.repositories import StatsRepository, UserRepository
 
 
@@ -227,7 +227,7 @@ async def test_forgotten_start_and_truncated_message_are_said_once(
 async def test_without_allowed_users_only_admins_are_served(
     chat_model: ChatModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="bot.access")
+    caplog.set_level(logging.INFO, logger="bot.telegram.access")
     async with running_bot(chat_model, tmp_path, allowed_users=[]) as bot:
         assert "only the 1 admin entries are served" in caplog.text
         bot.tg.push_message(OWNER, "/start")

@@ -11,9 +11,9 @@ from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
 from fake_telegram import FakeTelegram
 
-from bot.access import AccessPolicy
-from bot.services.formatting import MESSAGE_LIMIT, open_fence, split_message, to_html, utf16_len
-from bot.services.streaming import DraftSupport, TelegramReply
+from bot.telegram.access import AccessPolicy
+from bot.telegram.formatting import MESSAGE_LIMIT, open_fence, split_message, to_html, utf16_len
+from bot.telegram.reply import DraftSupport, TelegramReply
 
 USER = 1001
 

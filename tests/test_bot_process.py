@@ -13,7 +13,7 @@ import pytest
 from fake_telegram import FakeTelegram
 from tiny_model import TinyModelShape, build_tiny_gguf
 
-from bot.texts import RU
+from bot.telegram.texts import RU
 from storage.database import create_engine, create_session_factory
 from storage.records import MessageRecord
 from storage.repositories import ConversationRepository, MessageRepository

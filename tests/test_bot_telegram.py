@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from bot_e2e import ADMIN, OWNER, has_text, instrument, load_model, running_bot
 
-from bot.services.formatting import MESSAGE_LIMIT
-from bot.texts import EN, RU
-from models.runtime import ChatModel
+from bot.telegram.formatting import MESSAGE_LIMIT
+from bot.telegram.texts import EN, RU
+from models.runtime.chat_model import ChatModel
 from storage.repositories import StatsRepository, UserRepository
 
 GROUP = -100777

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from tiny_model import TinyModelShape, build_tiny_gguf
 
-from bot.console import LOCAL_USER
-from bot.texts import RU
+from bot.core.console import LOCAL_USER
+from bot.telegram.texts import RU
 from storage.database import create_engine, create_session_factory
 from storage.records import MessageRecord
 from storage.repositories import ConversationRepository, MessageRepository, UserRepository

@@ -27,8 +27,8 @@ from tiny_model import SPECIAL_TOKENS, build_tiny_gguf, token_bytes, train_token
 from typer.testing import CliRunner
 
 from bot.cli import app
-from models.convert_ggml import RUGPT35_CHAT_TEMPLATE, GgmlConversionError, convert_ggml
-from models.templates import ChatMessage, GgufTemplate, RuGpt35Template
+from models.convert.ggml import RUGPT35_CHAT_TEMPLATE, GgmlConversionError, convert_ggml
+from models.prompt.templates import ChatMessage, GgufTemplate, RuGpt35Template
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -447,7 +447,12 @@ def llmrs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("llmrs")
     model, tokenizer = build_hf_gpt2(folder / "hf")
     result = subprocess.run(
-        [sys.executable, str(TESTS / "llmrs_files.py"), str(folder / "hf"), str(folder / "ggml")],
+        [
+            sys.executable,
+            str(TESTS / "support" / "llmrs_files.py"),
+            str(folder / "hf"),
+            str(folder / "ggml"),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -23,9 +23,9 @@ from tiny_model import TinyModelShape
 from typer.testing import CliRunner
 
 from bot.cli import app
-from models.convert_lora import LoraConversionError, convert_lora
+from models.convert.lora import LoraConversionError, convert_lora
+from models.convert.torch_checkpoint import CheckpointError, load_torch_state_dict
 from models.errors import ModelError
-from models.torch_checkpoint import CheckpointError, load_torch_state_dict
 
 SHAPE = TinyModelShape()
 PREFIX = "base_model.model.transformer.h"

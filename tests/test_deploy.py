@@ -249,7 +249,7 @@ def _writer_holding_a_transaction(url: str) -> subprocess.Popen[str]:
     """tests/storage_child.py: stores a user message and a pending reply, commits, then sits
     in an uncommitted write, as the bot does during a long generation."""
     child = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "storage_child.py"), url],
+        [sys.executable, str(ROOT / "tests" / "support" / "storage_child.py"), url],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},

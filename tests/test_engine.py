@@ -6,13 +6,13 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
-from conftest import GREEDY
 from llama_cpp import Llama
+from sampling import GREEDY
 
-from models.engine import ChatEngine, LogitsProcessor
-from models.loader import ModelConfig, load_llama
-from models.runtime import ChatModel, load_chat_model
-from models.templates import ChatMessage
+from models.prompt.templates import ChatMessage
+from models.runtime.chat_model import ChatModel, load_chat_model
+from models.runtime.engine import ChatEngine, LogitsProcessor
+from models.runtime.loader import ModelConfig, load_llama
 
 HISTORY = [ChatMessage("user", "Привет! Расскажи сказку про кота.")]
 
@@ -228,7 +228,9 @@ async def test_reuses_prefix_of_the_previous_prompt(chat_model: ChatModel) -> No
 
 async def test_close_cancels_running_generation(tiny_gguf: Path) -> None:
     model = load_chat_model(
-        ModelConfig(model_path=tiny_gguf, n_ctx=2048), template="gigasaiga", max_new_tokens=1500,
+        ModelConfig(model_path=tiny_gguf, n_ctx=2048),
+        template="gigasaiga",
+        max_new_tokens=1500,
         sampling=GREEDY,
     )
     generation = model.engine.submit(prompt_for(model), max_new_tokens=1500)

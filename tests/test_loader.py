@@ -6,8 +6,9 @@ import pytest
 from tiny_model import build_tiny_lora
 
 from models.errors import ModelLoadError
-from models.loader import ModelConfig, check_gguf, load_llama
-from models.runtime import fit_context, load_chat_model
+from models.files.gguf_info import check_gguf
+from models.runtime.chat_model import fit_context, load_chat_model
+from models.runtime.loader import ModelConfig, load_llama
 
 
 def test_missing_model_file_names_the_path(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import sys
 def run_logging(env: dict[str, str]) -> str:
     code = (
         "import logging\n"
-        "from bot.__main__ import setup_logging\n"
+        "from bot.logs import setup_logging\n"
         "setup_logging('INFO')\n"
         "logging.getLogger('bot.x').info('started')\n"
         "logging.getLogger('bot.x').warning('slow disk')\n"

@@ -7,8 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from bot.cli import app
-from models.templates import SAIGA_SYSTEM
-from models.tokenizer import LlamaTokenizer
+from models.prompt.templates import SAIGA_SYSTEM
+from models.prompt.tokenizer import LlamaTokenizer
 
 CONVERSATION = [
     {"role": "user", "content": "Привет!"},
@@ -38,9 +38,7 @@ def test_prints_the_exact_prompt_text(tiny_gguf: Path) -> None:
     assert "dropped turns: 0" in err
 
 
-def test_ids_keep_typed_control_tokens_as_text(
-    tiny_gguf: Path, tokenizer: LlamaTokenizer
-) -> None:
+def test_ids_keep_typed_control_tokens_as_text(tiny_gguf: Path, tokenizer: LlamaTokenizer) -> None:
     code, out, err = run(
         ["--model", str(tiny_gguf), "--ids", "--system", "Ты помощник."], json.dumps(CONVERSATION)
     )

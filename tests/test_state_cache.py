@@ -11,21 +11,14 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
-from conftest import GREEDY
+from sampling import GREEDY
 
-from models.engine import GenerationResult, LogitsProcessor
-from models.loader import ModelConfig
-from models.runtime import ChatModel, load_chat_model
-from models.state_cache import (
-    SUFFIX,
-    FileStamp,
-    KeptState,
-    StateCache,
-    StateCacheConfig,
-    StateIdentity,
-    key_digest,
-)
-from models.templates import ChatMessage
+from models.prompt.templates import ChatMessage
+from models.runtime.chat_model import ChatModel, load_chat_model
+from models.runtime.engine import GenerationResult, LogitsProcessor
+from models.runtime.loader import ModelConfig
+from models.runtime.state_cache import StateCache, StateCacheConfig
+from models.runtime.state_file import SUFFIX, FileStamp, KeptState, StateIdentity, key_digest
 
 SYSTEM = "Ты — Сайга, русскоязычный автоматический ассистент."
 QUESTIONS = [

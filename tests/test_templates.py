@@ -8,14 +8,14 @@ import pytest
 from tiny_model import build_tiny_gguf
 
 from models.errors import TemplateError
-from models.templates import (
+from models.prompt.templates import (
     RUGPT35_SYSTEM,
     SAIGA_SYSTEM,
     ChatMessage,
     ChatMLTemplate,
     get_template,
 )
-from models.tokenizer import LlamaTokenizer
+from models.prompt.tokenizer import LlamaTokenizer
 
 S, U1, B1, U2 = "Ты помощник.", "Привет!", "Здравствуйте.", "Как дела?"
 CONVERSATION = [
@@ -88,8 +88,11 @@ def llama_cpp_reference(template: str, messages: list[ChatMessage]) -> str:
 
 @pytest.mark.parametrize(
     ("ours", "theirs", "bos"),
-    [("chatml", "chatml", ""), ("saiga_llama3", "llama3", "<|begin_of_text|>"),
-     ("gigachat", "gigachat", "")],
+    [
+        ("chatml", "chatml", ""),
+        ("saiga_llama3", "llama3", "<|begin_of_text|>"),
+        ("gigachat", "gigachat", ""),
+    ],
 )
 def test_matches_llama_cpp_builtin(ours: str, theirs: str, bos: str) -> None:
     # llama.cpp leaves <|begin_of_text|> to the tokenizer's add_bos; we put it in ourselves.

@@ -7,9 +7,9 @@ from llama_cpp import Llama
 from tiny_model import build_tiny_gguf
 
 from models.errors import TemplateError, WindowError
-from models.templates import ChatMessage, get_template
-from models.tokenizer import LlamaTokenizer
-from models.window import Window
+from models.prompt.templates import ChatMessage, get_template
+from models.prompt.tokenizer import LlamaTokenizer
+from models.prompt.window import Window
 
 SYSTEM = "Ты — Сайга, русскоязычный автоматический ассистент."
 RESERVE = 64

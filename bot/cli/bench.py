@@ -27,8 +27,8 @@ def bench(
 ) -> None:
     """Measure follow-up latency with and without kept states, and the streaming overhead."""
     from bot.settings import Settings
-    from models.bench import BenchOptions, run_bench
     from models.errors import ModelError
+    from models.runtime.bench import BenchOptions, run_bench
 
     settings = Settings()
     if not model.is_file():

@@ -22,7 +22,7 @@ def chat(
     import asyncio
     import os
 
-    from bot.__main__ import setup_logging
+    from bot.logs import setup_logging
     from bot.preflight import StartupError, model_path
 
     settings = Settings()
@@ -40,10 +40,10 @@ def chat(
 async def _chat(settings: Settings, *, english: bool) -> None:
     import asyncio
 
-    from bot.app import load_model
-    from bot.console import Console
-    from bot.services.chat import ChatService
-    from bot.texts import EN, RU
+    from bot.core.chat import ChatService
+    from bot.core.console import Console
+    from bot.telegram.app import load_model
+    from bot.telegram.texts import EN, RU
     from storage.database import create_engine, create_session_factory, migrate
 
     db = create_engine(settings.resolved_database_url)

@@ -20,7 +20,7 @@ def convert_lora_cmd(
     output: Annotated[Path, typer.Option("-o", "--output", help="LoRA GGUF file to write.")],
 ) -> None:
     """Convert a PEFT LoRA adapter of a GPT-2-architecture model to a llama.cpp LoRA GGUF."""
-    from models.convert_lora import convert_lora
+    from models.convert.lora import convert_lora
     from models.errors import ModelError
 
     try:
@@ -42,7 +42,7 @@ def convert_ggml_cmd(
     ] = None,
 ) -> None:
     """Convert an old GGML/GGJT GPT-2 model (as llm-rs wrote ruGPT-3.5) to GGUF."""
-    from models.convert_ggml import convert_ggml
+    from models.convert.ggml import convert_ggml
     from models.errors import ModelError
 
     try:

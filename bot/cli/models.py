@@ -9,7 +9,7 @@ import typer
 
 if TYPE_CHECKING:
     from bot.settings import Settings
-    from models.registry import ModelEntry
+    from models.files.registry import ModelEntry
 
 
 def _fail(message: str) -> typer.Exit:
@@ -44,8 +44,20 @@ def _entry_header(entry: ModelEntry) -> list[str]:
 
 def list_models() -> None:
     """The known models, their quantizations with sizes, and which fit this machine's RAM."""
-    from models.hub import HubError, HubUnreachable, check_reachable, list_repo, resolve_endpoint
-    from models.registry import REGISTRY, RUNTIME_OVERHEAD, human_size, ram_estimate, total_ram
+    from models.files.hub import (
+        HubError,
+        HubUnreachable,
+        check_reachable,
+        list_repo,
+        resolve_endpoint,
+    )
+    from models.files.registry import (
+        REGISTRY,
+        RUNTIME_OVERHEAD,
+        human_size,
+        ram_estimate,
+        total_ram,
+    )
 
     settings = _settings()
     token = settings.hf_token.get_secret_value() if settings.hf_token else None
@@ -98,7 +110,7 @@ def download(
 ) -> None:
     """Download a model (a LoRA also fetches its base) into DATA_DIR/models."""
     from models.errors import ModelError
-    from models.hub import download as hub_download
+    from models.files.hub import download as hub_download
 
     settings = _settings()
     token = settings.hf_token.get_secret_value() if settings.hf_token else None
@@ -123,7 +135,7 @@ def info(
 ) -> None:
     """Read a GGUF header: architecture, context, parameters, quantization, template."""
     from models.errors import ModelError
-    from models.gguf_info import read_gguf_info
+    from models.files.gguf_info import read_gguf_info
 
     try:
         facts = read_gguf_info(path)

@@ -54,9 +54,9 @@ def prompt(
     """
     from bot.settings import Settings
     from models.errors import ModelError
-    from models.templates import ChatMessage, get_template
-    from models.tokenizer import LlamaTokenizer
-    from models.window import Window
+    from models.prompt.templates import ChatMessage, get_template
+    from models.prompt.tokenizer import LlamaTokenizer
+    from models.prompt.window import Window
 
     settings = Settings()
     model_path = model or settings.model_path

@@ -1,0 +1,1 @@
+"""The Telegram-free chat core: the turn service and the console front end."""

@@ -1,0 +1,224 @@
+"""`domovoy chat`: talk to the same model, window, templates and storage in the terminal.
+
+The owner is a local user (id 0) with the same commands as in Telegram: /reset, /system,
+/stop, plus /quit. Ctrl-C stops a reply without quitting; at the prompt it quits, as does
+Ctrl-D. Lines typed while a reply is written wait for it, except /stop and /quit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import re
+import signal
+import sys
+import threading
+from collections import deque
+from typing import TextIO
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.core.chat import ChatService
+from bot.telegram.texts import Texts
+from models.errors import ModelError
+from storage.errors import StorageError
+from storage.repositories import UserRepository
+
+LOCAL_USER = 0  # Telegram ids are positive, so 0 never collides with a real user
+QUIT = {"/quit", "/exit"}
+STOP = "/stop"
+RESET_WORDS = {"reset", "default", "сброс", "сбросить"}
+
+
+class _Reply(enum.Enum):
+    DONE = "done"
+
+
+class ConsoleReply:
+    """Prints the reply as it grows: only the new characters each time."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._printed = 0
+        self._status_shown = False
+
+    async def show_status(self, text: str) -> None:
+        if not self._status_shown:
+            self._write(f"[{text}]\n")
+            self._status_shown = True
+
+    async def update(self, text: str) -> None:
+        if len(text) > self._printed:
+            self._write(text[self._printed :])
+            self._printed = len(text)
+
+    async def finish(self, text: str, notes: list[str]) -> list[int]:
+        await self.update(text)
+        tail = "".join(f"\n[{note}]" for note in notes)
+        self._write(f"{tail}\n\n")
+        return []
+
+    async def close(self) -> None:
+        return None
+
+    def _write(self, text: str) -> None:
+        self._out.write(text)
+        self._out.flush()
+
+
+def _read_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None]) -> None:
+    # A daemon thread: a blocked read must never keep the program from exiting.
+    for line in sys.stdin:
+        loop.call_soon_threadsafe(queue.put_nowait, line.rstrip("\n"))
+    loop.call_soon_threadsafe(queue.put_nowait, None)
+
+
+class Console:
+    def __init__(
+        self,
+        service: ChatService,
+        sessions: async_sessionmaker[AsyncSession],
+        texts: Texts,
+        out: TextIO,
+    ) -> None:
+        self._service = service
+        self._sessions = sessions
+        self._texts = texts
+        self._out = out
+        self._reply: asyncio.Task[None] | None = None
+        self._quit = asyncio.Event()
+        self._interactive = sys.stdin.isatty()
+
+    def _say(self, text: str) -> None:
+        self._out.write(f"{text}\n\n")
+        self._out.flush()
+
+    def _interrupt(self) -> None:
+        if self._reply is not None and not self._reply.done():
+            self._service.stop(LOCAL_USER, LOCAL_USER)
+        else:
+            self._quit.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        lines: asyncio.Queue[str | None] = asyncio.Queue()
+        threading.Thread(target=_read_lines, args=(loop, lines), daemon=True).start()
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signal.SIGINT, self._interrupt)
+        async with self._sessions() as session:
+            await UserRepository(session).upsert(
+                LOCAL_USER, username=None, first_name="console", language_code=None
+            )
+            await session.commit()
+        self._say(self._texts.console_help)
+        waiting: deque[str] = deque()
+        end_of_input = False
+        try:
+            while not self._quit.is_set():
+                if waiting:
+                    line: str | None = waiting.popleft()
+                elif end_of_input:
+                    break
+                else:
+                    line = await self._next_line(lines)
+                if line is None or line.strip() in QUIT:
+                    break
+                if line.strip() == STOP:
+                    self._say(self._texts.stop_nothing)
+                    continue
+                self._reply = asyncio.create_task(self._handle(line))
+                while not self._reply.done() and not end_of_input:
+                    extra = await self._next(lines, until=self._reply)
+                    if extra is _Reply.DONE:
+                        break
+                    if extra is None and not self._quit.is_set():
+                        end_of_input = True  # piped input: finish what was asked, then leave
+                    elif extra is None or extra.strip() in QUIT:
+                        self._service.stop(LOCAL_USER, LOCAL_USER)
+                        self._quit.set()
+                    elif extra.strip() == STOP:
+                        self._service.stop(LOCAL_USER, LOCAL_USER)
+                    else:
+                        waiting.append(extra)
+                await self._reply
+        finally:
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(signal.SIGINT)
+
+    async def _next_line(self, lines: asyncio.Queue[str | None]) -> str | None:
+        if self._interactive:
+            self._out.write("› ")
+            self._out.flush()
+        line = await self._next(lines)
+        return None if isinstance(line, _Reply) else line
+
+    async def _next(
+        self, lines: asyncio.Queue[str | None], until: asyncio.Task[None] | None = None
+    ) -> str | _Reply | None:
+        """The next input line; None at the end of input or on quit; `_Reply.DONE` when the
+        reply `until` finishes first."""
+        getter = asyncio.create_task(lines.get())
+        quitter = asyncio.create_task(self._quit.wait())
+        waits: set[asyncio.Future[object]] = {getter, quitter}  # type: ignore[arg-type]
+        if until is not None:
+            waits.add(until)  # type: ignore[arg-type]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        quitter.cancel()
+        if getter.done():
+            return getter.result()
+        getter.cancel()
+        if until is not None and until.done() and not self._quit.is_set():
+            return _Reply.DONE
+        return None
+
+    async def _handle(self, line: str) -> None:
+        text = line.strip()
+        if not text:
+            return
+        try:
+            await self._command_or_reply(text)
+        except (ModelError, StorageError) as exc:
+            self._say(f"[{exc}]")
+
+    async def _command_or_reply(self, text: str) -> None:
+        async with self._sessions() as session:
+            if text == "/reset":
+                await self._service.reset(session, LOCAL_USER, LOCAL_USER)
+                self._say(self._texts.reset_done)
+            elif text == "/system" or text.startswith("/system "):
+                await self._system(session, text.removeprefix("/system").strip())
+            elif re.fullmatch(r"/[A-Za-z_]+", text.split()[0]):
+                # /help and commands the console does not have are not for the model.
+                self._say(self._texts.console_help)
+            else:
+                user = await UserRepository(session).get(LOCAL_USER)
+                assert user is not None
+                await self._service.reply(
+                    session,
+                    user=user,
+                    chat_id=LOCAL_USER,
+                    text=text,
+                    telegram_id=None,
+                    sink=ConsoleReply(self._out),
+                    texts=self._texts,
+                )
+
+    async def _system(self, session: AsyncSession, argument: str) -> None:
+        users = UserRepository(session)
+        if not argument:
+            user = await users.get(LOCAL_USER)
+            if user is not None and user.system_prompt:
+                self._say(self._texts.system_current.format(prompt=user.system_prompt))
+            else:
+                default = self._service.default_system_prompt or "—"
+                self._say(self._texts.system_default.format(prompt=default))
+        elif argument.lower() in RESET_WORDS:
+            await self._service.set_system_prompt(session, LOCAL_USER, None)
+            self._say(self._texts.system_reset_done)
+        elif (too_long := self._service.check_system_prompt(argument)) is not None:
+            tokens, budget = too_long
+            self._say(self._texts.system_too_long.format(tokens=tokens, budget=budget))
+        else:
+            await self._service.set_system_prompt(session, LOCAL_USER, argument)
+            self._say(self._texts.system_set)

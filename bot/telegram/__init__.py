@@ -1,0 +1,1 @@
+"""The Telegram front end: app, handlers, middlewares, access, texts and streamed replies."""

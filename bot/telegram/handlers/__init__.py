@@ -1,0 +1,13 @@
+"""One router per feature; `build_routers()` gives fresh ones in the order they must match."""
+
+from __future__ import annotations
+
+from aiogram import Router
+
+from bot.telegram.handlers import chat, forget, groups, media, reset, start, status, stop, system
+
+
+def build_routers() -> list[Router]:
+    # Commands first, then non-text media, then free text (the catch-all).
+    modules = (start, reset, system, stop, forget, status, groups, media, chat)
+    return [module.build_router() for module in modules]

@@ -1,0 +1,1 @@
+"""Conversions to GGUF (PEFT LoRA adapters, old GGML files); never run in the bot process."""

@@ -1,0 +1,331 @@
+"""Chat prompt templates, built at the token level.
+
+A template turns messages into segments: `Special` pieces go in by token id, `Text` pieces are
+tokenized with special-token parsing off. A user who types `</s>` therefore gets the characters
+`</s>`, never the end-of-turn token. Adjacent text pieces are merged before tokenizing so the
+ids match what the model saw in training (Hugging Face tokenizers split on special tokens and
+encode the runs between them).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from models.errors import TemplateError
+from models.prompt.tokenizer import Tokenizer
+
+Role = Literal["system", "user", "bot"]
+
+SAIGA_SYSTEM = (
+    "Ты — Сайга, русскоязычный автоматический ассистент. Ты разговариваешь с людьми и помогаешь им."
+)
+# Most templates call the bot "assistant".
+OPENAI_ROLES = {"system": "system", "user": "user", "bot": "assistant"}
+RUGPT35_SYSTEM = (
+    "Ты — ruGPT-3.5, русскоязычный автоматический ассистент. "
+    "Ты разговариваешь с людьми и помогаешь им."
+)
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class Special:
+    piece: str
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+
+
+@dataclass(frozen=True)
+class Markup:
+    """Template-authored text that may itself contain special tokens (GGUF Jinja templates)."""
+
+    text: str
+
+
+Segment = Special | Text | Markup
+
+
+def merge_text(segments: Sequence[Segment]) -> list[Segment]:
+    merged: list[Segment] = []
+    for segment in segments:
+        if isinstance(segment, Text):
+            if not segment.text:
+                continue
+            if merged and isinstance(merged[-1], Text):
+                merged[-1] = Text(merged[-1].text + segment.text)
+                continue
+        merged.append(segment)
+    return merged
+
+
+def encode_segments(segments: Sequence[Segment], tokenizer: Tokenizer) -> list[int]:
+    ids: list[int] = []
+    for segment in merge_text(segments):
+        if isinstance(segment, Special):
+            ids.append(tokenizer.token_id(segment.piece))
+        elif isinstance(segment, Markup):
+            ids.extend(tokenizer.encode(segment.text, special=True))
+        else:
+            ids.extend(tokenizer.encode(segment.text, special=False))
+    return ids
+
+
+def render_segments(segments: Sequence[Segment]) -> str:
+    return "".join(s.piece if isinstance(s, Special) else s.text for s in segments)
+
+
+class ChatTemplate:
+    """Base: subclasses describe the format; this class turns it into text and token ids.
+
+    `head` comes once at the start, `message` for each message, `generation_prompt` at the end.
+    Content is stripped, as the reference implementations do.
+    """
+
+    name: str = ""
+    default_system_prompt: str | None = None
+    stop_pieces: tuple[str, ...] = ()
+
+    def head(self, system: str | None) -> list[Segment]:
+        return []
+
+    def message(self, message: ChatMessage) -> list[Segment]:
+        raise NotImplementedError
+
+    def generation_prompt(self) -> list[Segment]:
+        raise NotImplementedError
+
+    def segments(
+        self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True
+    ) -> list[Segment]:
+        system = next((m.content.strip() for m in messages if m.role == "system"), None)
+        out = self.head(system)
+        for message in messages:
+            out += self.message(ChatMessage(message.role, message.content.strip()))
+        if add_generation_prompt:
+            out += self.generation_prompt()
+        return out
+
+    def render(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True) -> str:
+        return render_segments(self.segments(messages, add_generation_prompt=add_generation_prompt))
+
+    def encode(
+        self,
+        messages: Sequence[ChatMessage],
+        tokenizer: Tokenizer,
+        *,
+        add_generation_prompt: bool = True,
+    ) -> list[int]:
+        segments = self.segments(messages, add_generation_prompt=add_generation_prompt)
+        return encode_segments(segments, tokenizer)
+
+    def stop_token_ids(self, tokenizer: Tokenizer) -> set[int]:
+        return {tokenizer.token_id(piece) for piece in self.stop_pieces}
+
+
+class SaigaTemplate(ChatTemplate):
+    """`<s>{role}\\n{content}</s>\\n` per message; the bot's reply follows `<s>bot`."""
+
+    name = "gigasaiga"
+    default_system_prompt = SAIGA_SYSTEM
+    stop_pieces = ("</s>",)
+
+    def message(self, message: ChatMessage) -> list[Segment]:
+        return [
+            Special("<s>"),
+            Text(f"{message.role}\n{message.content}"),
+            Special("</s>"),
+            Text("\n"),
+        ]
+
+    def generation_prompt(self) -> list[Segment]:
+        return [Special("<s>"), Text("bot")]
+
+
+class RuGpt35Template(SaigaTemplate):
+    name = "rugpt35"
+    default_system_prompt = RUGPT35_SYSTEM
+
+
+class SaigaLlama3Template(ChatTemplate):
+    name = "saiga_llama3"
+    default_system_prompt = SAIGA_SYSTEM
+    stop_pieces = ("<|eot_id|>",)
+
+    def head(self, system: str | None) -> list[Segment]:
+        return [Special("<|begin_of_text|>")]
+
+    def message(self, message: ChatMessage) -> list[Segment]:
+        return [
+            Special("<|start_header_id|>"),
+            Text(OPENAI_ROLES[message.role]),
+            Special("<|end_header_id|>"),
+            Text(f"\n\n{message.content}"),
+            Special("<|eot_id|>"),
+        ]
+
+    def generation_prompt(self) -> list[Segment]:
+        return [
+            Special("<|start_header_id|>"),
+            Text("assistant"),
+            Special("<|end_header_id|>"),
+            Text("\n\n"),
+        ]
+
+
+class ChatMLTemplate(ChatTemplate):
+    name = "chatml"
+    default_system_prompt = SAIGA_SYSTEM
+    stop_pieces = ("<|im_end|>",)
+
+    def message(self, message: ChatMessage) -> list[Segment]:
+        return [
+            Special("<|im_start|>"),
+            Text(f"{OPENAI_ROLES[message.role]}\n{message.content}"),
+            Special("<|im_end|>"),
+            Text("\n"),
+        ]
+
+    def generation_prompt(self) -> list[Segment]:
+        return [Special("<|im_start|>"), Text("assistant\n")]
+
+
+class GigaChatTemplate(ChatTemplate):
+    """GigaChat-20B-A3B-instruct, as llama.cpp's own `gigachat` template lays it out."""
+
+    name = "gigachat"
+    default_system_prompt = None
+    stop_pieces = ("<|message_sep|>",)
+
+    def head(self, system: str | None) -> list[Segment]:
+        if system is None:
+            return [Special("<s>")]
+        return [Special("<s>"), Text(system), Special("<|message_sep|>")]
+
+    def message(self, message: ChatMessage) -> list[Segment]:
+        if message.role == "user":
+            return [
+                Text("user"),
+                Special("<|role_sep|>"),
+                Text(message.content),
+                Special("<|message_sep|>"),
+                Text("available functions"),
+                Special("<|role_sep|>"),
+                Text("[]"),
+                Special("<|message_sep|>"),
+            ]
+        if message.role == "bot":
+            return [
+                Text("assistant"),
+                Special("<|role_sep|>"),
+                Text(message.content),
+                Special("<|message_sep|>"),
+            ]
+        return []  # the system prompt is part of the head
+
+    def generation_prompt(self) -> list[Segment]:
+        return [Text("assistant"), Special("<|role_sep|>")]
+
+
+class GgufTemplate(ChatTemplate):
+    """The Jinja chat template embedded in the GGUF file.
+
+    The template is rendered with unique markers in place of the contents; the markers then
+    split the text into template parts (special tokens parsed) and contents (never parsed).
+    """
+
+    name = "gguf"
+
+    def __init__(self, source: str, *, bos: str = "", eos: str = "") -> None:
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        # Hugging Face templates call this to refuse conversations they cannot format.
+        env.globals["raise_exception"] = _raise_template_error
+        try:
+            self._template = env.from_string(source)
+        except jinja2.TemplateError as exc:
+            raise TemplateError(
+                f"The model file's chat template is not valid Jinja ({exc}); use another TEMPLATE."
+            ) from exc
+        self._bos, self._eos = bos, eos
+        self.stop_pieces = (eos,) if eos else ()
+
+    def segments(
+        self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True
+    ) -> list[Segment]:
+        markers = {f"\x00{uuid.uuid4().hex}\x00": m.content.strip() for m in messages}
+        try:
+            rendered = self._template.render(
+                messages=[
+                    {"role": OPENAI_ROLES[m.role], "content": marker}
+                    for m, marker in zip(messages, markers, strict=True)
+                ],
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self._bos,
+                eos_token=self._eos,
+            )
+        except jinja2.TemplateError as exc:
+            raise TemplateError(
+                f"The model file's chat template failed ({exc}); use another TEMPLATE."
+            ) from exc
+        segments: list[Segment] = []
+        rest = rendered
+        for marker, content in markers.items():
+            before, found, rest = rest.partition(marker)
+            if not found:
+                raise TemplateError(
+                    "The GGUF chat template dropped a message; use another TEMPLATE."
+                )
+            segments += [Markup(before), Text(content)]
+        segments.append(Markup(rest))
+        return segments
+
+    def stop_token_ids(self, tokenizer: Tokenizer) -> set[int]:
+        return {tokenizer.token_id(self._eos)} if self._eos else set()
+
+
+def _raise_template_error(message: str) -> None:
+    raise TemplateError(f"The model file's chat template refused the conversation: {message}")
+
+
+BUILTIN_TEMPLATES: dict[str, type[ChatTemplate]] = {
+    cls.name: cls
+    for cls in (
+        SaigaTemplate,
+        RuGpt35Template,
+        SaigaLlama3Template,
+        ChatMLTemplate,
+        GigaChatTemplate,
+    )
+}
+TEMPLATE_NAMES = (*BUILTIN_TEMPLATES, "gguf")
+
+
+def get_template(name: str, tokenizer: Tokenizer | None = None) -> ChatTemplate:
+    if name in BUILTIN_TEMPLATES:
+        return BUILTIN_TEMPLATES[name]()
+    if name == "gguf":
+        metadata = tokenizer.metadata if tokenizer else {}
+        source = metadata.get("tokenizer.chat_template")
+        if not source:
+            raise TemplateError(
+                "TEMPLATE=gguf, but the model file has no embedded chat template; "
+                f"choose one of: {', '.join(BUILTIN_TEMPLATES)}."
+            )
+        assert tokenizer is not None
+        return GgufTemplate(
+            source, bos=tokenizer.special_piece("bos"), eos=tokenizer.special_piece("eos")
+        )
+    raise TemplateError(f"Unknown TEMPLATE {name!r}; choose one of: {', '.join(TEMPLATE_NAMES)}.")

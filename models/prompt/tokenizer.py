@@ -1,0 +1,89 @@
+"""The model's own tokenizer, loaded without weights.
+
+It is a separate vocab-only `Llama` so that the event loop can count and encode tokens while
+the worker thread owns the generating context.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Protocol
+
+from llama_cpp import Llama
+
+from models.errors import ModelLoadError, TemplateError
+from models.files.gguf_info import check_gguf
+
+
+class Tokenizer(Protocol):
+    def encode(self, text: str, *, special: bool = False) -> list[int]: ...
+
+    def decode(self, tokens: list[int], *, special: bool = False) -> str: ...
+
+    def token_id(self, piece: str) -> int: ...
+
+    def special_piece(self, kind: str) -> str: ...
+
+    @property
+    def n_ctx_train(self) -> int: ...
+
+    @property
+    def metadata(self) -> dict[str, str]: ...
+
+
+class LlamaTokenizer:
+    def __init__(self, llama: Llama) -> None:
+        self._llama = llama
+        self._special_cache: dict[str, int] = {}
+
+    @classmethod
+    def from_file(cls, path: Path) -> LlamaTokenizer:
+        check_gguf(path)
+        try:
+            return cls(Llama(model_path=str(path), vocab_only=True, verbose=False))
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelLoadError(
+                f"llama.cpp could not read the vocabulary of the model file {path}; "
+                "it is damaged or of an architecture this llama.cpp build does not support."
+            ) from exc
+
+    def encode(self, text: str, *, special: bool = False) -> list[int]:
+        if not text:
+            return []
+        data = text.encode("utf-8", errors="replace")
+        return self._llama.tokenize(data, add_bos=False, special=special)
+
+    def decode(self, tokens: list[int], *, special: bool = False) -> str:
+        """Text of `tokens`; with `special`, control tokens such as `</s>` appear as text."""
+        data: bytes = self._llama.detokenize(tokens, special=special)
+        return data.decode("utf-8", errors="replace")
+
+    def token_id(self, piece: str) -> int:
+        """The id of a special token such as `<s>`; it must be a single token of the vocab."""
+        if piece not in self._special_cache:
+            ids = self._llama.tokenize(piece.encode("utf-8"), add_bos=False, special=True)
+            if len(ids) != 1:
+                raise TemplateError(
+                    f"The model's vocabulary has no special token {piece!r}; "
+                    "choose a TEMPLATE that matches this model."
+                )
+            self._special_cache[piece] = ids[0]
+        return self._special_cache[piece]
+
+    def special_piece(self, kind: str) -> str:
+        """The text of the model's `bos` or `eos` token, or "" when it has none."""
+        token = self.metadata.get(f"tokenizer.ggml.{kind}_token_id")
+        if token is None:
+            return ""
+        piece: bytes = self._llama.detokenize([int(token)], special=True)
+        return piece.decode("utf-8", errors="replace")
+
+    @cached_property
+    def n_ctx_train(self) -> int:
+        arch = self.metadata.get("general.architecture", "")
+        return int(self.metadata.get(f"{arch}.context_length", "0"))
+
+    @cached_property
+    def metadata(self) -> dict[str, str]:
+        return dict(self._llama.metadata)

@@ -1,0 +1,1 @@
+"""Running a model: loading GGUF files, the generation engine and its state cache, the bench."""

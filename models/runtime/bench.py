@@ -1,0 +1,315 @@
+"""`domovoy bench`: what kept conversation states buy, and what the streaming path costs.
+
+Time to first token of a follow-up after another user spoke, with the conversation's kept
+state and without it (a full evaluation); tokens per second of llama-cpp-python alone against
+the bot's generation path (worker thread, queue, UTF-8 safe streaming into the event loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from llama_cpp import Llama
+
+from models.prompt.templates import ChatMessage
+from models.runtime.chat_model import ChatModel, load_chat_model
+from models.runtime.engine import GenerationResult, LogitsProcessor
+from models.runtime.loader import ModelConfig, load_llama
+from models.runtime.state_cache import StateCacheConfig
+
+logger = logging.getLogger(__name__)
+
+SENTENCES = [
+    "Домовой живёт в доме и помогает хозяевам, следит за порядком и охраняет семью.",
+    "Как приготовить борщ? Нужны свёкла, капуста, картофель, морковь, лук и немного мяса.",
+    "Москва — столица России, Санкт-Петербург стоит на Неве, а Волга впадает в Каспийское море.",
+    "Что такое нейронная сеть? Это модель, которая учится на данных и делает предсказания.",
+    "Расскажи мне сказку про кота и лису: жили-были дед да баба, и была у них курочка Ряба.",
+    "Мороз и солнце; день чудесный! Ещё ты дремлешь, друг прелестный, пора, красавица, проснись.",
+    "Где находится ближайшая библиотека? Она на соседней улице, рядом с почтой и парком.",
+]
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    model_path: Path
+    history_tokens: int = 1500
+    users: int = 3
+    n_ctx: int = 2048
+    n_threads: int | None = None
+    n_batch: int = 512
+    template: str = "gigasaiga"
+    reply_tokens: int = 16  # replies while the conversations are built
+    gen_tokens: int = 64  # tokens per throughput run
+    rounds: int = 3  # throughput runs of each kind, alternating
+
+
+def _text(user: int, turn: int, role: str) -> str:
+    first = SENTENCES[(user + turn) % len(SENTENCES)]
+    second = SENTENCES[(user * 3 + turn * 5 + (role == "bot")) % len(SENTENCES)]
+    return f"{role} {user}.{turn}: {first} {second}"
+
+
+def build_history(
+    model: ChatModel, system: str | None, user: int, n_tokens: int
+) -> list[ChatMessage]:
+    """A stored conversation of about `n_tokens` tokens (whole turns) for one user."""
+    history: list[ChatMessage] = []
+    turn = 0
+    while True:
+        turn_messages = [
+            ChatMessage("user", _text(user, turn, "user")),
+            ChatMessage("bot", _text(user, turn, "bot")),
+        ]
+        candidate = [*history, *turn_messages]
+        size = len(
+            model.template.encode(
+                [ChatMessage("system", system or ""), *candidate], model.tokenizer
+            )
+        )
+        if size > n_tokens and history:
+            return history
+        history = candidate
+        turn += 1
+
+
+def _no_stop(stop_ids: Sequence[int]) -> LogitsProcessor:
+    """Both throughput runs generate exactly the tokens asked for."""
+    banned = np.asarray(sorted(stop_ids), dtype=np.intp)
+
+    def processor(
+        input_ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]
+    ) -> npt.NDArray[np.single]:
+        scores[banned] = -np.inf
+        return scores
+
+    return processor
+
+
+async def _timed(
+    model: ChatModel,
+    prompt: list[int],
+    key: str | None,
+    max_new_tokens: int,
+    processor: LogitsProcessor | None = None,
+) -> tuple[float, list[float], GenerationResult]:
+    """Seconds to the first streamed text, arrival times of every delta, the result."""
+    started = time.perf_counter()
+    generation = model.engine.submit(
+        prompt, max_new_tokens=max_new_tokens, key=key, logits_processor=processor
+    )
+    arrivals = [time.perf_counter() async for _ in generation.stream()]
+    result = await generation.result()
+    if not arrivals:
+        raise RuntimeError("the model produced no text; the benchmark needs a chatty model")
+    return arrivals[0] - started, arrivals, result
+
+
+def _raw_arrivals(
+    llama: Llama,
+    prompt: list[int],
+    n_tokens: int,
+    processor: LogitsProcessor,
+    sampling: dict[str, Any],
+) -> list[float]:
+    times: list[float] = []
+    for _ in llama.generate(prompt, logits_processor=[processor], **sampling):  # type: ignore[arg-type]
+        times.append(time.perf_counter())
+        if len(times) == n_tokens:
+            break
+    return times
+
+
+def _gaps(arrivals: Sequence[float]) -> list[float]:
+    return [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+
+
+def _rate(gaps: Sequence[float]) -> float:
+    # The median gap between tokens: other processes on a shared machine stall some tokens,
+    # and a mean over a run would charge those stalls to whichever side they happened to hit.
+    return 1.0 / statistics.median(gaps)
+
+
+def model_shape(llama: Llama, path: Path) -> dict[str, Any]:
+    import llama_cpp
+
+    meta = llama.metadata
+    arch = meta.get("general.architecture", "")
+    return {
+        "path": str(path),
+        "architecture": arch,
+        "n_params": int(llama_cpp.llama_model_n_params(llama.model)),
+        "file_bytes": path.stat().st_size,
+        "file_type": int(meta.get("general.file_type", "-1")),
+        "n_embd": int(meta.get(f"{arch}.embedding_length", "0")),
+        "n_layer": int(meta.get(f"{arch}.block_count", "0")),
+        "n_head": int(meta.get(f"{arch}.attention.head_count", "0")),
+        "n_ff": int(meta.get(f"{arch}.feed_forward_length", "0")),
+        "n_vocab": llama.n_vocab(),
+        "n_ctx_train": int(meta.get(f"{arch}.context_length", "0")),
+    }
+
+
+async def run_bench(
+    options: BenchOptions, progress: Callable[[str], None] = lambda _: None
+) -> dict[str, Any]:
+    config = ModelConfig(
+        model_path=options.model_path,
+        n_ctx=options.n_ctx,
+        n_threads=options.n_threads,
+        n_batch=options.n_batch,
+        seed=1,
+    )
+    model = await asyncio.to_thread(
+        load_chat_model,
+        config,
+        template=options.template,
+        max_new_tokens=options.gen_tokens,
+        state_cache=StateCacheConfig(ram_bytes=64 * 2**30),
+    )
+    try:
+        return await _measure(model, config, options, progress)
+    finally:
+        await model.close()
+
+
+async def _measure(
+    model: ChatModel,
+    config: ModelConfig,
+    options: BenchOptions,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    engine, cache = model.engine, model.engine.state_cache
+    assert cache is not None
+    system = model.default_system_prompt
+    head = [ChatMessage("system", system)] if system else []
+    users = range(options.users)
+    histories = {u: build_history(model, system, u, options.history_tokens) for u in users}
+    room = options.n_ctx - max(options.reply_tokens, options.gen_tokens)
+
+    def encode(messages: list[ChatMessage]) -> list[int]:
+        tokens = model.template.encode([*head, *messages], model.tokenizer)
+        if len(tokens) > room:
+            raise ValueError(
+                f"a prompt of {len(tokens)} tokens leaves no room for the reply in "
+                f"n_ctx={options.n_ctx}; ask for fewer --history-tokens"
+            )
+        return tokens
+
+    # Each user asks once: the replies are what a bot would store, and their states are kept.
+    first_prompts = {}
+    for u in users:
+        histories[u].append(ChatMessage("user", _text(u, 99, "user")))
+        # Checked before minutes of evaluation: the follow-up adds a reply and a question.
+        first_prompts[u] = encode(histories[u])
+        encode([*histories[u], *histories[u][-2:]])
+    for u in users:
+        progress(f"conversation {u + 1}/{options.users}: evaluating its history")
+        _, _, result = await _timed(model, first_prompts[u], f"u{u}", options.reply_tokens)
+        histories[u].append(ChatMessage("bot", result.text))
+
+    # Follow-ups, interleaved: another user always ran in between.
+    prompts: dict[int, list[int]] = {}
+    cached: list[GenerationResult] = []
+    ttft_cached: list[float] = []
+    for u in users:
+        histories[u].append(ChatMessage("user", _text(u, 100, "user")))
+        prompts[u] = encode(histories[u])
+        seconds, _, result = await _timed(model, prompts[u], f"u{u}", options.reply_tokens)
+        progress(f"follow-up {u + 1} with its kept state: {seconds:.2f} s to the first token")
+        ttft_cached.append(seconds)
+        cached.append(result)
+    state_bytes = cache.stats.ram_bytes
+    state_tokens = sum(len(t) for k in cache.ram_keys() if (t := cache.tokens(k)) is not None)
+
+    # The same follow-ups without kept states: each is evaluated again, as it would be.
+    engine.state_cache = None
+    ttft_cold: list[float] = []
+    cold: list[GenerationResult] = []
+    for u in users:
+        seconds, _, result = await _timed(model, prompts[u], f"u{u}", options.reply_tokens)
+        progress(f"follow-up {u + 1} evaluated in full: {seconds:.2f} s to the first token")
+        ttft_cold.append(seconds)
+        cold.append(result)
+    engine.state_cache = cache
+
+    # Throughput: the same prompt, model, settings and sampler, best of a few runs each.
+    prompt = prompts[0]
+    processor = _no_stop(sorted(engine.stop_ids))
+    sampling = engine.sampling
+    raw_llama = await asyncio.to_thread(load_llama, config)
+    raw_sampling = {
+        "top_k": sampling.top_k,
+        "top_p": sampling.top_p,
+        "min_p": 0.0,
+        "temp": sampling.temperature,
+        "repeat_penalty": sampling.repeat_penalty,
+    }
+    raw_gaps: list[float] = []
+    pipeline_gaps: list[float] = []
+    raw_runs: list[float] = []
+    pipeline_runs: list[float] = []
+    try:
+        for attempt in range(options.rounds):
+            times = await asyncio.to_thread(
+                _raw_arrivals, raw_llama, prompt, options.gen_tokens, processor, raw_sampling
+            )
+            raw_gaps += _gaps(times)
+            raw_runs.append(_rate(_gaps(times)))
+            _, arrivals, result = await _timed(model, prompt, "u0", options.gen_tokens, processor)
+            pipeline_gaps += _gaps(arrivals)
+            pipeline_runs.append(_rate(_gaps(arrivals)))
+            progress(
+                f"throughput run {attempt + 1}/{options.rounds}: llama-cpp-python "
+                f"{raw_runs[-1]:.2f} tok/s, pipeline {pipeline_runs[-1]:.2f} tok/s "
+                f"({result.n_tokens} tokens, {len(arrivals)} deltas)"
+            )
+        shape = model_shape(raw_llama, options.model_path)
+    finally:
+        raw_llama.close()
+
+    # Medians: a few requests hit by other processes' bursts do not decide the figure.
+    cold_s, cached_s = statistics.median(ttft_cold), statistics.median(ttft_cached)
+    raw, pipeline = _rate(raw_gaps), _rate(pipeline_gaps)
+    return {
+        "ttft_cold_s": round(cold_s, 3),
+        "ttft_cached_s": round(cached_s, 3),
+        "ttft_ratio": round(cached_s / cold_s, 4),
+        "raw_tokens_per_s": round(raw, 2),
+        "pipeline_tokens_per_s": round(pipeline, 2),
+        "throughput_ratio": round(pipeline / raw, 4),
+        "model": shape,
+        "settings": {
+            "n_ctx": options.n_ctx,
+            "n_batch": options.n_batch,
+            "n_threads": options.n_threads,
+            "template": options.template,
+            "users": options.users,
+            "history_tokens": options.history_tokens,
+            "gen_tokens": options.gen_tokens,
+            "rounds": options.rounds,
+        },
+        "follow_up_prompt_tokens": [r.n_prompt for r in cached],
+        "follow_up_restored_tokens": [r.n_prompt_restored for r in cached],
+        "follow_up_evaluated_tokens": {
+            "cached": [r.n_prompt_evaluated for r in cached],
+            "cold": [r.n_prompt_evaluated for r in cold],
+        },
+        "ttft_s": {"cached": _rounded(ttft_cached), "cold": _rounded(ttft_cold)},
+        "tokens_per_s_runs": {"raw": _rounded(raw_runs), "pipeline": _rounded(pipeline_runs)},
+        "state_bytes_per_token": round(state_bytes / state_tokens) if state_tokens else None,
+    }
+
+
+def _rounded(values: list[float]) -> list[float]:
+    return [round(v, 3) for v in values]
