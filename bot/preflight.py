@@ -14,14 +14,18 @@ class StartupError(Exception):
 
 
 def bot_token(settings: Settings) -> str:
-    token = settings.bot_token.get_secret_value().strip() if settings.bot_token else ""
+    token = (
+        settings.telegram.bot_token.get_secret_value().strip()
+        if settings.telegram.bot_token
+        else ""
+    )
     if not token:
         raise StartupError("BOT_TOKEN is not set: put the token from @BotFather into BOT_TOKEN.")
     return token
 
 
 def model_path(settings: Settings) -> Path:
-    path = settings.model_path
+    path = settings.model.model_path
     if path is None:
         raise StartupError(
             "MODEL_PATH is not set: point it at a GGUF model file "
@@ -34,7 +38,9 @@ def model_path(settings: Settings) -> Path:
 
 def access_policy(settings: Settings) -> AccessPolicy:
     try:
-        return AccessPolicy.from_lists(settings.allowed_users, settings.admin_users)
+        return AccessPolicy.from_lists(
+            settings.telegram.allowed_users, settings.telegram.admin_users
+        )
     except ValueError as exc:
         raise StartupError(f"ALLOWED_USERS/ADMIN_USERS: {exc}.") from exc
 
@@ -43,3 +49,12 @@ def check(settings: Settings) -> None:
     bot_token(settings)
     model_path(settings)
     access_policy(settings)
+
+
+def describe_invalid_settings(exc: BaseException) -> str | None:
+    """One line naming each bad setting by its environment name, or None for other errors."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return None
+    return "; ".join(f"{str(error['loc'][-1]).upper()}: {error['msg']}" for error in exc.errors())

@@ -1,15 +1,32 @@
 """The one settings object: environment variables, a `.env` file beside the project, or a
-systemd EnvironmentFile all feed it, with flat upper-case names."""
+systemd EnvironmentFile all feed it, with flat upper-case names (`BOT_TOKEN`, `N_CTX`).
+
+Inside, the settings are grouped by what they configure; each group's field names are the
+flat names, so `N_CTX` is `settings.model.n_ctx`, and each group turns itself into the
+config object of the part it configures (`to_config()`).
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import platformdirs
-from pydantic import ByteSize, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import BaseModel, ByteSize, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+if TYPE_CHECKING:
+    from models.runtime.engine import SamplingParams
+    from models.runtime.loader import ModelConfig
+    from models.runtime.state_cache import StateCacheConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_API_URL = "https://api.telegram.org"
@@ -23,17 +40,35 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("domovoy", appauthor=False))
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_file=PROJECT_ROOT / ".env",
-        env_file_encoding="utf-8",
-        extra="ignore",
-        case_sensitive=False,
-        # An EnvironmentFile line like `N_THREADS=` means "use the default".
-        env_ignore_empty=True,
-    )
+def _empty_is_none(value: object) -> object:
+    # An EnvironmentFile line like `LORA_PATH=` means "not set".
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
 
-    # Model core.
+
+class TelegramSettings(BaseModel):
+    bot_token: SecretStr | None = None
+    telegram_api_url: str = DEFAULT_API_URL
+    allowed_users: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    admin_users: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    stream_edit_interval: float = Field(default=1.0, gt=0.0)
+    use_drafts: bool = True
+
+    @field_validator("allowed_users", "admin_users", mode="before")
+    @classmethod
+    def _split_users(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.replace(";", ",").split(",") if part.strip()]
+        return value
+
+    @field_validator("telegram_api_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+
+class ModelSettings(BaseModel):
     model_path: Path | None = None
     lora_path: Path | None = None
     lora_scale: float = 1.0
@@ -45,57 +80,68 @@ class Settings(BaseSettings):
     n_batch: int = Field(default=512, ge=1)
     n_gpu_layers: int = 0
     use_mlock: bool = False
+    # The window slides down to this fraction of N_CTX - MAX_NEW_TOKENS (1 = one turn at a time).
+    window_low_watermark: float = Field(default=0.5, gt=0.0, le=1.0)
+
+    _none_when_empty = field_validator("model_path", "lora_path", "system_prompt", mode="before")(
+        _empty_is_none
+    )
+
+    def to_config(self, model_path: Path, seed: int | None) -> ModelConfig:
+        from models.runtime.loader import ModelConfig
+
+        return ModelConfig(
+            model_path=model_path,
+            n_ctx=self.n_ctx,
+            n_threads=self.n_threads,
+            n_batch=self.n_batch,
+            n_gpu_layers=self.n_gpu_layers,
+            use_mlock=self.use_mlock,
+            lora_path=self.lora_path,
+            lora_scale=self.lora_scale,
+            seed=seed,
+        )
+
+
+class SamplingSettings(BaseModel):
     temperature: float = Field(default=0.2, ge=0.0)
     top_p: float = Field(default=0.9, gt=0.0, le=1.0)
     top_k: int = Field(default=30, ge=0)
     repeat_penalty: float = Field(default=1.15, gt=0.0)
     seed: int | None = None
 
-    # Kept conversation states (instant follow-ups); sizes take "2GB", "512MiB" or bytes.
+    def to_config(self) -> SamplingParams:
+        from models.runtime.engine import SamplingParams
+
+        return SamplingParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            repeat_penalty=self.repeat_penalty,
+        )
+
+
+class StateCacheSettings(BaseModel):
+    """Kept conversation states (instant follow-ups); sizes take "2GB", "512MiB" or bytes."""
+
     state_cache: bool = True
     state_cache_ram: ByteSize = ByteSize(2 * 1024**3)
     state_cache_disk: ByteSize = ByteSize(8 * 1024**3)
-    # The window slides down to this fraction of N_CTX - MAX_NEW_TOKENS (1 = one turn at a time).
-    window_low_watermark: float = Field(default=0.5, gt=0.0, le=1.0)
 
-    # Storage.
+    def to_config(self, directory: Path) -> StateCacheConfig:
+        from models.runtime.state_cache import StateCacheConfig
+
+        return StateCacheConfig(
+            enabled=self.state_cache,
+            ram_bytes=int(self.state_cache_ram),
+            disk_bytes=int(self.state_cache_disk),
+            directory=directory,
+        )
+
+
+class StorageSettings(BaseModel):
     data_dir: Path = Field(default_factory=default_data_dir)
     database_url: str | None = None
-
-    # Telegram.
-    bot_token: SecretStr | None = None
-    telegram_api_url: str = DEFAULT_API_URL
-    allowed_users: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    admin_users: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    stream_edit_interval: float = Field(default=1.0, gt=0.0)
-    use_drafts: bool = True
-
-    # Hugging Face hub (huggingface_hub also reads HF_ENDPOINT itself).
-    hf_token: SecretStr | None = None
-
-    # Logging.
-    log_level: str = "INFO"
-    log_message_text: bool = False
-
-    @field_validator("allowed_users", "admin_users", mode="before")
-    @classmethod
-    def _split_users(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.replace(";", ",").split(",") if part.strip()]
-        return value
-
-    @field_validator("model_path", "lora_path", "system_prompt", mode="before")
-    @classmethod
-    def _empty_is_none(cls, value: object) -> object:
-        # An EnvironmentFile line like `LORA_PATH=` means "not set".
-        if isinstance(value, str) and not value.strip():
-            return None
-        return value
-
-    @field_validator("telegram_api_url")
-    @classmethod
-    def _strip_slash(cls, value: str) -> str:
-        return value.rstrip("/")
 
     @property
     def resolved_database_url(self) -> str:
@@ -110,3 +156,88 @@ class Settings(BaseSettings):
     @property
     def state_cache_dir(self) -> Path:
         return self.data_dir / "state-cache"
+
+
+GROUPS: dict[str, type[BaseModel]] = {
+    "telegram": TelegramSettings,
+    "model": ModelSettings,
+    "sampling": SamplingSettings,
+    "cache": StateCacheSettings,
+    "storage": StorageSettings,
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=PROJECT_ROOT / ".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        # An EnvironmentFile line like `N_THREADS=` means "use the default".
+        env_ignore_empty=True,
+    )
+
+    telegram: TelegramSettings = Field(default_factory=TelegramSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings)
+    cache: StateCacheSettings = Field(default_factory=StateCacheSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+
+    # Hugging Face hub (huggingface_hub also reads HF_ENDPOINT itself).
+    hf_token: SecretStr | None = None
+    log_level: str = "INFO"
+    log_message_text: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_flat_names(cls, values: Any) -> Any:
+        """`BOT_TOKEN=...` (or `bot_token=` in code) lands in its group."""
+        if not isinstance(values, dict):
+            return values
+        nested = dict(values)
+        for name, model in GROUPS.items():
+            picked = {key: nested.pop(key) for key in list(nested) if key in model.model_fields}
+            if picked:
+                current = nested.get(name)
+                base = current.model_dump() if isinstance(current, BaseModel) else current or {}
+                nested[name] = {**base, **picked}
+        return nested
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        assert isinstance(dotenv_settings, DotEnvSettingsSource)
+        return (
+            init_settings,
+            _FlatEnv(settings_cls),
+            _FlatDotEnv(
+                settings_cls,
+                env_file=dotenv_settings.env_file,
+                env_file_encoding=dotenv_settings.env_file_encoding,
+            ),
+        )
+
+
+def _flat_names() -> set[str]:
+    names = {name for model in GROUPS.values() for name in model.model_fields}
+    return names | {"hf_token", "log_level", "log_message_text"}
+
+
+class _FlatEnv(EnvSettingsSource):
+    """Environment variables by their flat names; `Settings` puts each in its group."""
+
+    def __call__(self) -> dict[str, Any]:
+        names = _flat_names()
+        return {key: value for key, value in self.env_vars.items() if key in names}
+
+
+class _FlatDotEnv(DotEnvSettingsSource):
+    def __call__(self) -> dict[str, Any]:
+        names = _flat_names()
+        return {key: value for key, value in self.env_vars.items() if key in names}

@@ -12,8 +12,10 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from fake_telegram import FakeTelegram
 
 from bot.telegram.access import AccessPolicy
+from bot.telegram.delivery import ChatTarget, DraftSupport
 from bot.telegram.formatting import MESSAGE_LIMIT, open_fence, split_message, to_html, utf16_len
-from bot.telegram.reply import DraftSupport, TelegramReply
+from bot.telegram.reply import TelegramReply
+from bot.telegram.texts import RU
 
 USER = 1001
 
@@ -67,8 +69,9 @@ async def bot(tg: FakeTelegram) -> AsyncIterator[Bot]:
     await bot.session.close()
 
 
-def reply(bot: Bot, *, drafts: bool = True, interval: float = 0.05) -> TelegramReply:
-    return TelegramReply(bot, USER, private=True, drafts=DraftSupport(drafts), interval=interval)
+def reply(bot: Bot, *, drafts: bool | DraftSupport = True, interval: float = 0.05) -> TelegramReply:
+    support = drafts if isinstance(drafts, DraftSupport) else DraftSupport(drafts)
+    return TelegramReply(bot, ChatTarget(USER), drafts=support, interval=interval, texts=RU)
 
 
 async def test_final_reply_is_sent_as_html(tg: FakeTelegram, bot: Bot) -> None:
@@ -103,7 +106,7 @@ async def test_unchanged_text_is_never_sent_twice(tg: FakeTelegram, bot: Bot) ->
 async def test_refused_drafts_fall_back_to_edits(tg: FakeTelegram, bot: Bot) -> None:
     tg.disable_method("sendMessageDraft")
     support = DraftSupport(True)
-    streaming = TelegramReply(bot, USER, private=True, drafts=support, interval=0.05)
+    streaming = reply(bot, drafts=support)
     await streaming.update("Раз")
     await tg.wait_for(lambda: tg.sent_messages(USER))
     await streaming.update("Раз два")
@@ -178,7 +181,7 @@ async def test_drafts_refused_in_one_chat_stay_on_for_the_others(
 ) -> None:
     tg.fail_next("sendMessageDraft", status=400, description="Bad Request: TEXTDRAFT_PEER_INVALID")
     support = DraftSupport(True)
-    streaming = TelegramReply(bot, USER, private=True, drafts=support, interval=0.05)
+    streaming = reply(bot, drafts=support)
     await streaming.update("Раз")
     await tg.wait_for(lambda: tg.sent_messages(USER))
     await streaming.finish("Раз два", [])
@@ -189,7 +192,7 @@ async def test_drafts_refused_in_one_chat_stay_on_for_the_others(
 async def test_a_user_who_blocked_the_bot_is_not_hammered(tg: FakeTelegram, bot: Bot) -> None:
     tg.block(USER)
     support = DraftSupport(True)
-    streaming = TelegramReply(bot, USER, private=True, drafts=support, interval=0.05)
+    streaming = reply(bot, drafts=support)
     for text in ("Раз", "Раз два", "Раз два три", "Раз два три четыре"):
         await streaming.update(text)
         await asyncio.sleep(0.15)

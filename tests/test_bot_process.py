@@ -105,7 +105,7 @@ async def test_sigterm_mid_reply_exits_cleanly_with_the_partial_reply_stored(
         assert b"Traceback" not in stderr
         # What was written reached the user, marked as stopped.
         final = tg.texts(OWNER)
-        assert len(final) == 1 and final[0].endswith(RU.reply_stopped)
+        assert len(final) == 1 and final[0].endswith(RU.reply_interrupted)
 
     history = await stored_history(tmp_path / "data")
     assert [(r.role, r.status) for r in history] == [("user", "complete"), ("bot", "partial")]

@@ -452,11 +452,11 @@ def test_settings_take_sizes_with_units(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("WINDOW_LOW_WATERMARK", "0.7")
     monkeypatch.setenv("DATA_DIR", "/srv/domovoy")
     settings = Settings()
-    assert settings.state_cache_ram == 2 * 10**9
-    assert settings.state_cache_disk == 512 * 2**20
-    assert settings.state_cache is False
-    assert settings.window_low_watermark == 0.7
-    assert settings.state_cache_dir == Path("/srv/domovoy/state-cache")
+    assert settings.cache.state_cache_ram == 2 * 10**9
+    assert settings.cache.state_cache_disk == 512 * 2**20
+    assert settings.cache.state_cache is False
+    assert settings.model.window_low_watermark == 0.7
+    assert settings.storage.state_cache_dir == Path("/srv/domovoy/state-cache")
     monkeypatch.setenv("WINDOW_LOW_WATERMARK", "0")
     with pytest.raises(ValueError, match="window_low_watermark"):
         Settings()

@@ -39,9 +39,9 @@ def bench(
         history_tokens=history_tokens,
         users=users,
         n_ctx=n_ctx,
-        n_threads=threads or settings.n_threads or os.cpu_count() or 1,
-        n_batch=settings.n_batch,
-        template=settings.template,
+        n_threads=threads or settings.model.n_threads or os.cpu_count() or 1,
+        n_batch=settings.model.n_batch,
+        template=settings.model.template,
         gen_tokens=gen_tokens,
         rounds=rounds,
     )

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from bot.settings import Settings
+from bot.cli.common import load_settings
+
+if TYPE_CHECKING:
+    from bot.settings import Settings
 
 
 def chat(
@@ -25,9 +28,9 @@ def chat(
     from bot.logs import setup_logging
     from bot.preflight import StartupError, model_path
 
-    settings = Settings()
+    settings = load_settings()
     if model is not None:
-        settings = settings.model_copy(update={"model_path": model})
+        settings.model.model_path = model
     setup_logging("WARNING" if settings.log_level.upper() == "INFO" else settings.log_level)
     try:
         model_path(settings)
@@ -38,25 +41,11 @@ def chat(
 
 
 async def _chat(settings: Settings, *, english: bool) -> None:
-    import asyncio
-
-    from bot.core.chat import ChatService
     from bot.core.console import Console
-    from bot.telegram.app import load_model
+    from bot.lifecycle import open_services
     from bot.telegram.texts import EN, RU
-    from storage.database import create_engine, create_session_factory, migrate
 
-    db = create_engine(settings.resolved_database_url)
-    try:
-        await migrate(db)
-        chat_model = await asyncio.to_thread(load_model, settings)
-        try:
-            service = ChatService(chat_model, system_prompt=settings.system_prompt, log_text=False)
-            console = Console(
-                service, create_session_factory(db), EN if english else RU, sys.stdout
-            )
-            await console.run()
-        finally:
-            await chat_model.close()
-    finally:
-        await db.dispose()
+    # The terminal shows what is typed; the log needs no copy of it.
+    async with open_services(settings, log_text=False) as services:
+        console = Console(services.chat, services.sessions, EN if english else RU, sys.stdout)
+        await console.run()

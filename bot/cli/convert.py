@@ -7,10 +7,7 @@ from typing import Annotated
 
 import typer
 
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"Error: {message}", err=True)
-    return typer.Exit(code=1)
+from bot.cli.common import fail
 
 
 def convert_lora_cmd(
@@ -26,7 +23,7 @@ def convert_lora_cmd(
     try:
         convert_lora(adapter_dir, output)
     except ModelError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     typer.echo(f"Wrote {output}. Use it with the base model GGUF:")
     typer.echo(f"LORA_PATH={output.resolve()}")
 
@@ -48,6 +45,6 @@ def convert_ggml_cmd(
     try:
         convert_ggml(source, output, tokenizer)
     except ModelError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     typer.echo(f"Wrote {output}; the rugpt35 chat template is embedded.")
     typer.echo(f"MODEL_PATH={output.resolve()}")

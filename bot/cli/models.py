@@ -7,30 +7,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from bot.cli.common import fail, load_settings
+
 if TYPE_CHECKING:
-    from bot.settings import Settings
     from models.files.registry import ModelEntry
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"Error: {message}", err=True)
-    return typer.Exit(1)
-
-
-def _settings() -> Settings:
-    """The settings, or one sentence naming the bad ones (a typo in .env is no traceback)."""
-    from pydantic import ValidationError
-
-    from bot.settings import Settings
-
-    try:
-        return Settings()
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise _fail(f"invalid settings: {problems}.") from None
 
 
 def _entry_header(entry: ModelEntry) -> list[str]:
@@ -59,7 +39,7 @@ def list_models() -> None:
         total_ram,
     )
 
-    settings = _settings()
+    settings = load_settings()
     token = settings.hf_token.get_secret_value() if settings.hf_token else None
     endpoint = resolve_endpoint()
     ram = total_ram()
@@ -70,7 +50,7 @@ def list_models() -> None:
         offline = str(exc)
 
     typer.echo(
-        f"RAM estimate = file size + KV cache for N_CTX={settings.n_ctx} + "
+        f"RAM estimate = file size + KV cache for N_CTX={settings.model.n_ctx} + "
         f"{human_size(RUNTIME_OVERHEAD)}; this machine has {human_size(ram)} of RAM."
     )
     if offline:
@@ -96,7 +76,7 @@ def list_models() -> None:
         if not listing.quants:
             typer.echo("  no GGUF files found in the repository")
         for quant in listing.quants:
-            need = ram_estimate(entry, quant.size, settings.n_ctx)
+            need = ram_estimate(entry, quant.size, settings.model.n_ctx)
             mark = "fits" if need <= ram else "too big for this RAM"
             typer.echo(
                 f"  {quant.quant:<8} {human_size(quant.size):>10}   "
@@ -112,14 +92,18 @@ def download(
     from models.errors import ModelError
     from models.files.hub import download as hub_download
 
-    settings = _settings()
+    settings = load_settings()
     token = settings.hf_token.get_secret_value() if settings.hf_token else None
     try:
         result = hub_download(
-            name, quant, models_dir=settings.models_dir, n_ctx=settings.n_ctx, token=token
+            name,
+            quant,
+            models_dir=settings.storage.models_dir,
+            n_ctx=settings.model.n_ctx,
+            token=token,
         )
     except ModelError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     for warning in result.warnings:
         typer.echo(f"Warning: {warning}", err=True)
     typer.echo(
@@ -140,6 +124,6 @@ def info(
     try:
         facts = read_gguf_info(path)
     except ModelError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     for line in facts.lines():
         typer.echo(line)

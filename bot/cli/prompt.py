@@ -59,24 +59,24 @@ def prompt(
     from models.prompt.window import Window
 
     settings = Settings()
-    model_path = model or settings.model_path
+    model_path = model or settings.model.model_path
     if model_path is None:
         typer.echo("Set MODEL_PATH or pass --model with the GGUF file.", err=True)
         raise typer.Exit(2)
     try:
         conversation = _read_conversation(sys.stdin.read())
         tokenizer = LlamaTokenizer.from_file(model_path)
-        chat_template = get_template(template or settings.template, tokenizer)
-        context = min(n_ctx or settings.n_ctx, tokenizer.n_ctx_train or sys.maxsize)
+        chat_template = get_template(template or settings.model.template, tokenizer)
+        context = min(n_ctx or settings.model.n_ctx, tokenizer.n_ctx_train or sys.maxsize)
         window = Window(
             chat_template,
             tokenizer,
             n_ctx=context,
-            reserve=max_new_tokens or settings.max_new_tokens,
-            low_watermark=settings.window_low_watermark,
+            reserve=max_new_tokens or settings.model.max_new_tokens,
+            low_watermark=settings.model.window_low_watermark,
         )
         if system is None:
-            system = settings.system_prompt or chat_template.default_system_prompt
+            system = settings.model.system_prompt or chat_template.default_system_prompt
         history = [ChatMessage(item["role"], item["content"]) for item in conversation]
         result = window.fit(system or None, history)
     except (ValueError, ModelError) as exc:

@@ -15,20 +15,22 @@ import signal
 import sys
 import threading
 from collections import deque
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.core.chat import ChatService
-from bot.telegram.texts import Texts
+from bot.core.system_prompt import system_command
+from bot.core.turn import Turn
 from models.errors import ModelError
 from storage.errors import StorageError
-from storage.repositories import UserRepository
+
+if TYPE_CHECKING:
+    from bot.telegram.texts import Texts
 
 LOCAL_USER = 0  # Telegram ids are positive, so 0 never collides with a real user
 QUIT = {"/quit", "/exit"}
 STOP = "/stop"
-RESET_WORDS = {"reset", "default", "сброс", "сбросить"}
 
 
 class _Reply(enum.Enum):
@@ -38,15 +40,19 @@ class _Reply(enum.Enum):
 class ConsoleReply:
     """Prints the reply as it grows: only the new characters each time."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, texts: Texts) -> None:
         self._out = out
+        self._texts = texts
         self._printed = 0
         self._status_shown = False
 
-    async def show_status(self, text: str) -> None:
+    async def show_queue(self, ahead: int) -> None:
         if not self._status_shown:
-            self._write(f"[{text}]\n")
+            self._write(f"[{self._texts.queue_position.format(ahead=ahead)}]\n")
             self._status_shown = True
+
+    async def show_your_turn(self) -> None:
+        return None
 
     async def update(self, text: str) -> None:
         if len(text) > self._printed:
@@ -58,9 +64,6 @@ class ConsoleReply:
         tail = "".join(f"\n[{note}]" for note in notes)
         self._write(f"{tail}\n\n")
         return []
-
-    async def close(self) -> None:
-        return None
 
     def _write(self, text: str) -> None:
         self._out.write(text)
@@ -107,10 +110,9 @@ class Console:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signal.SIGINT, self._interrupt)
         async with self._sessions() as session:
-            await UserRepository(session).upsert(
-                LOCAL_USER, username=None, first_name="console", language_code=None
+            await self._service.touch_user(
+                session, LOCAL_USER, username=None, first_name="console", language_code=None
             )
-            await session.commit()
         self._say(self._texts.console_help)
         waiting: deque[str] = deque()
         end_of_input = False
@@ -192,33 +194,13 @@ class Console:
                 # /help and commands the console does not have are not for the model.
                 self._say(self._texts.console_help)
             else:
-                user = await UserRepository(session).get(LOCAL_USER)
+                user = await self._service.user(session, LOCAL_USER)
                 assert user is not None
-                await self._service.reply(
-                    session,
-                    user=user,
-                    chat_id=LOCAL_USER,
-                    text=text,
-                    telegram_id=None,
-                    sink=ConsoleReply(self._out),
-                    texts=self._texts,
-                )
+                reply = ConsoleReply(self._out, self._texts)
+                outcome = await self._service.reply(session, Turn(user, LOCAL_USER, text), reply)
+                if not outcome.shows_nothing:
+                    await reply.finish(outcome.text, self._texts.notes_for(outcome))
 
     async def _system(self, session: AsyncSession, argument: str) -> None:
-        users = UserRepository(session)
-        if not argument:
-            user = await users.get(LOCAL_USER)
-            if user is not None and user.system_prompt:
-                self._say(self._texts.system_current.format(prompt=user.system_prompt))
-            else:
-                default = self._service.default_system_prompt or "—"
-                self._say(self._texts.system_default.format(prompt=default))
-        elif argument.lower() in RESET_WORDS:
-            await self._service.set_system_prompt(session, LOCAL_USER, None)
-            self._say(self._texts.system_reset_done)
-        elif (too_long := self._service.check_system_prompt(argument)) is not None:
-            tokens, budget = too_long
-            self._say(self._texts.system_too_long.format(tokens=tokens, budget=budget))
-        else:
-            await self._service.set_system_prompt(session, LOCAL_USER, argument)
-            self._say(self._texts.system_set)
+        answer = await system_command(self._service, session, LOCAL_USER, argument)
+        self._say(self._texts.system_answer(answer))

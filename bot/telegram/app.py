@@ -1,8 +1,4 @@
-"""Build the bot from settings and run it until asked to stop.
-
-`serve()` takes an already loaded model, so tests can run the real bot in-process against a
-fake Bot API server; `run()` does everything `python -m bot` does.
-"""
+"""Build the Telegram bot on the shared services and run it until asked to stop."""
 
 from __future__ import annotations
 
@@ -16,19 +12,22 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest, TelegramUnauthorizedError
 from aiogram.types import BotCommand, BotCommandScopeChat, BotCommandScopeDefault
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.core.chat import ChatService
-from bot.preflight import StartupError, access_policy, bot_token, model_path
+from bot.core.ordering import TurnOrder
+from bot.lifecycle import Services
+from bot.preflight import StartupError, access_policy, bot_token
 from bot.settings import Settings
 from bot.telegram.access import AccessPolicy
+from bot.telegram.delivery import DraftSupport
 from bot.telegram.handlers import build_routers
 from bot.telegram.middlewares.access import AccessMiddleware
 from bot.telegram.middlewares.database import DatabaseMiddleware
+from bot.telegram.middlewares.ordering import OrderingMiddleware
+from bot.telegram.middlewares.storage_failures import StorageFailureMiddleware
 from bot.telegram.middlewares.users import UserMiddleware
-from bot.telegram.reply import DraftSupport
+from bot.telegram.restart import answer_waiting_messages
 from bot.telegram.texts import EN, RU
-from models.runtime.chat_model import ChatModel
+from bot.telegram.typing_indicator import TypingIndicators
 
 logger = logging.getLogger(__name__)
 
@@ -40,37 +39,34 @@ STARTUP_RETRY = 2.0
 class BotApp:
     bot: Bot
     dispatcher: Dispatcher
-    chat_service: ChatService
+    services: Services
 
 
 def build_bot(settings: Settings) -> Bot:
-    session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
+    session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram.telegram_api_url))
     return Bot(bot_token(settings), session=session)
 
 
-def build_app(
-    settings: Settings,
-    *,
-    model: ChatModel,
-    session_factory: async_sessionmaker[AsyncSession],
-    bot: Bot | None = None,
-) -> BotApp:
+def build_app(settings: Settings, services: Services, bot: Bot | None = None) -> BotApp:
+    """The Dispatcher's workflow data is what handlers receive as typed parameters."""
     access = access_policy(settings)
     access.log_summary()
-    chat_service = ChatService(
-        model, system_prompt=settings.system_prompt, log_text=settings.log_message_text
-    )
+    bot = bot or build_bot(settings)
     dispatcher = Dispatcher(
         settings=settings,
-        chat_service=chat_service,
+        chat_service=services.chat,
         access=access,
-        drafts=DraftSupport(settings.use_drafts),
+        drafts=DraftSupport(settings.telegram.use_drafts),
+        typing=TypingIndicators(bot),
     )
+    # The ordering middleware must come first: it takes each update's place in line.
+    dispatcher.update.outer_middleware(OrderingMiddleware(TurnOrder()))
     dispatcher.update.outer_middleware(AccessMiddleware(access))
-    dispatcher.update.outer_middleware(DatabaseMiddleware(session_factory))
+    dispatcher.update.outer_middleware(StorageFailureMiddleware())
+    dispatcher.update.outer_middleware(DatabaseMiddleware(services.sessions))
     dispatcher.update.outer_middleware(UserMiddleware())
     dispatcher.include_routers(*build_routers())
-    return BotApp(bot or build_bot(settings), dispatcher, chat_service)
+    return BotApp(bot, dispatcher, services)
 
 
 async def set_commands(bot: Bot, access: AccessPolicy) -> None:
@@ -116,8 +112,9 @@ async def _wait_for_telegram(bot: Bot, stop: asyncio.Event) -> bool:
 
 
 async def serve(app: BotApp, stop: asyncio.Event) -> None:
-    """Poll for updates until `stop` is set, then shut down gracefully:
-    take no more updates, stop the running replies, store and deliver what they wrote."""
+    """Poll for updates until `stop` is set, then shut down gracefully: take no more updates,
+    stop the running replies, store and deliver what they wrote, keep the waiting messages
+    for the next start, which answers them."""
     bot, dispatcher = app.bot, app.dispatcher
     try:
         if not await _wait_for_telegram(bot, stop):
@@ -135,57 +132,16 @@ async def serve(app: BotApp, stop: asyncio.Event) -> None:
             ),
             name="polling",
         )
+        backlog = asyncio.create_task(answer_waiting_messages(app), name="backlog")
         stopper = asyncio.create_task(stop.wait(), name="stop")
         await asyncio.wait({polling, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
         logger.info("Shutting down")
         if not polling.done():
             await dispatcher.stop_polling()
-        await app.chat_service.shutdown(SHUTDOWN_TIMEOUT)
+        await app.services.chat.shutdown(SHUTDOWN_TIMEOUT)
+        await backlog
+        await dispatcher["typing"].close()
         await polling  # re-raises if polling itself failed
     finally:
         await bot.session.close()
-
-
-def load_model(settings: Settings) -> ChatModel:
-    """Blocking: reads the weights. Every failure becomes one sentence for the operator."""
-    from models.errors import ModelError
-    from models.runtime.chat_model import load_chat_model
-    from models.runtime.engine import SamplingParams
-    from models.runtime.loader import ModelConfig
-    from models.runtime.state_cache import StateCacheConfig
-
-    path = model_path(settings)
-    config = ModelConfig(
-        model_path=path,
-        n_ctx=settings.n_ctx,
-        n_threads=settings.n_threads,
-        n_batch=settings.n_batch,
-        n_gpu_layers=settings.n_gpu_layers,
-        use_mlock=settings.use_mlock,
-        lora_path=settings.lora_path,
-        lora_scale=settings.lora_scale,
-        seed=settings.seed,
-    )
-    sampling = SamplingParams(
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        top_k=settings.top_k,
-        repeat_penalty=settings.repeat_penalty,
-    )
-    try:
-        return load_chat_model(
-            config,
-            template=settings.template,
-            max_new_tokens=settings.max_new_tokens,
-            sampling=sampling,
-            state_cache=StateCacheConfig(
-                enabled=settings.state_cache,
-                ram_bytes=int(settings.state_cache_ram),
-                disk_bytes=int(settings.state_cache_disk),
-                directory=settings.state_cache_dir,
-            ),
-            window_low_watermark=settings.window_low_watermark,
-        )
-    except ModelError as exc:
-        raise StartupError(str(exc)) from exc

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bot.core.system_prompt import SystemAnswer
+    from bot.core.turn import Outcome
 
 
 @dataclass(frozen=True)
@@ -35,10 +40,40 @@ class Texts:
     empty_reply: str
     edit_noted: str
     shutting_down: str
+    reply_interrupted: str
+    answer_after_restart: str
+    storage_failed: str
     status: str  # {model} {uptime} {queue} {users} {conversations} {messages} {tps}
     commands: tuple[tuple[str, str], ...]
     status_command: str  # the admins' extra menu entry
     console_help: str  # `domovoy chat`
+
+    def notes_for(self, outcome: Outcome) -> list[str]:
+        """The lines under a finished reply that say how it ended."""
+        notes: list[str] = []
+        if outcome.failed:
+            notes.append(self.reply_failed)
+        elif outcome.stopped:
+            notes.append(self.reply_stopped)
+        elif outcome.interrupted:
+            notes.append(self.reply_interrupted)
+        elif outcome.empty:
+            notes.append(self.empty_reply)
+        if outcome.truncated:
+            notes.append(self.truncated_message)
+        if outcome.start_forgotten:
+            notes.append(self.forgotten_start)
+        return notes
+
+    def system_answer(self, answer: SystemAnswer) -> str:
+        wording = {
+            "current": self.system_current,
+            "default": self.system_default,
+            "reset": self.system_reset_done,
+            "too_long": self.system_too_long,
+            "set": self.system_set,
+        }[answer.kind]
+        return wording.format(prompt=answer.prompt, tokens=answer.tokens, budget=answer.budget)
 
 
 RU = Texts(
@@ -97,6 +132,14 @@ RU = Texts(
     empty_reply="(пустой ответ)",
     edit_noted="Исправление учтено в истории разговора.",
     shutting_down="Бот перезапускается, напишите чуть позже.",
+    reply_interrupted="(прервано: бот перезапускается)",
+    answer_after_restart=(
+        "Бот перезапускается. Ваше сообщение сохранено — я отвечу на него сразу после перезапуска."
+    ),
+    storage_failed=(
+        "Не получилось сохранить сообщение: у сервера проблема с хранилищем. "
+        "Попробуйте чуть позже — ничего из уже сохранённого не потеряно."
+    ),
     status=(
         "Модель: {model}\nРаботаю: {uptime}\nВ очереди: {queue}\n"
         "Пользователей: {users}, разговоров: {conversations}, сообщений: {messages}\n"
@@ -176,6 +219,15 @@ EN = Texts(
     empty_reply="(empty reply)",
     edit_noted="Your correction is taken into the conversation history.",
     shutting_down="The bot is restarting, please write again in a moment.",
+    reply_interrupted="(interrupted: the bot is restarting)",
+    answer_after_restart=(
+        "The bot is restarting. Your message is saved, and I will answer it right after "
+        "the restart."
+    ),
+    storage_failed=(
+        "Could not save your message: the server has a storage problem. Please try again "
+        "later; nothing stored before is lost."
+    ),
     status=(
         "Model: {model}\nUp: {uptime}\nQueue: {queue}\n"
         "Users: {users}, conversations: {conversations}, messages: {messages}\n"

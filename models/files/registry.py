@@ -117,10 +117,6 @@ REGISTRY: tuple[ModelEntry, ...] = (
 )
 
 
-def default_entry() -> ModelEntry:
-    return next(entry for entry in REGISTRY if entry.default)
-
-
 def find_entry(name: str) -> ModelEntry | None:
     """A registry entry by its short name or its repository id (case-insensitive)."""
     wanted = name.strip().lower()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from models.errors import TemplateError, WindowError
 from models.prompt.templates import ChatMessage, ChatTemplate
@@ -43,7 +43,6 @@ class WindowResult:
     dropped_turns: int = 0
     dropped_messages: int = 0
     truncated_last: bool = False
-    notes: list[str] = field(default_factory=list)
 
     @property
     def n_prompt(self) -> int:
@@ -259,5 +258,4 @@ class Window:
             dropped_turns=dropped_turns,
             dropped_messages=dropped_messages,
             truncated_last=True,
-            notes=[f"kept the last {kept_chars} of {len(text)} characters of the newest message"],
         )

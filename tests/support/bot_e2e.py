@@ -15,11 +15,11 @@ import numpy.typing as npt
 from fake_telegram import FakeTelegram
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from bot.lifecycle import open_services
 from bot.settings import Settings
 from bot.telegram.app import BotApp, build_app, serve
 from models.runtime.chat_model import ChatModel
 from models.runtime.engine import Generation
-from storage.database import create_engine, create_session_factory, migrate
 from storage.records import MessageRecord
 from storage.repositories import ConversationRepository, MessageRepository, UserRepository
 
@@ -115,20 +115,17 @@ async def running_bot(
         if tg is None:
             tg = await stack.enter_async_context(FakeTelegram())
         settings = bot_settings(tg, data_dir, **overrides)
-        db = create_engine(settings.resolved_database_url)
-        await migrate(db)
-        sessions = create_session_factory(db)
-        app = build_app(settings, model=model, session_factory=sessions)
+        services = await stack.enter_async_context(open_services(settings, model=model))
+        app = build_app(settings, services)
         stop = asyncio.Event()
         task = asyncio.create_task(serve(app, stop))
-        running = Running(tg, settings, app, model, db, sessions, stop, task)
+        running = Running(tg, settings, app, model, services.db, services.sessions, stop, task)
         try:
             await tg.wait_for(lambda: tg.calls("getUpdates"))
             yield running
         finally:
             stop.set()
             await asyncio.wait_for(task, 15)
-            await db.dispose()
 
 
 def instrument(model: ChatModel, seconds_per_token: float = 0.0) -> list[Generation]:

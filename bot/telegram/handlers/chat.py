@@ -14,13 +14,17 @@ from aiogram.exceptions import TelegramAPIError
 from aiogram.types import Message
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.core.chat import ChatService, ServiceClosing
+from bot.core.chat import ChatService
+from bot.core.ordering import Ticket
+from bot.core.turn import Turn
+from bot.core.turn_writer import record_delivery
 from bot.settings import Settings
+from bot.telegram.delivery import DraftSupport
 from bot.telegram.filters import Addressed, text_for_bot
-from bot.telegram.reply import DraftSupport, TelegramReply, message_thread
+from bot.telegram.reply import TelegramReply, target_of
 from bot.telegram.texts import Texts
+from bot.telegram.typing_indicator import TypingIndicators
 from models.errors import ModelError
-from storage.errors import StorageError
 from storage.records import UserRecord
 
 logger = logging.getLogger(__name__)
@@ -37,48 +41,49 @@ async def on_text(
     session: AsyncSession,
     user: UserRecord,
     texts: Texts,
+    ticket: Ticket,
     chat_service: ChatService,
     drafts: DraftSupport,
+    typing: TypingIndicators,
     settings: Settings,
 ) -> None:
     text = await text_for_bot(message, bot)
     if not text:
         await message.answer(texts.help)
         return
-    private = message.chat.type == ChatType.PRIVATE
-    sink = TelegramReply(
-        bot,
-        message.chat.id,
-        private=private,
-        drafts=drafts,
-        interval=settings.stream_edit_interval,
-        reply_to=None if private else message.message_id,
-        thread_id=message_thread(message),
+    target = target_of(message, private=message.chat.type == ChatType.PRIVATE)
+    turn = Turn(user, message.chat.id, text, message.message_id)
+    reply = TelegramReply(
+        bot, target, drafts=drafts, interval=settings.telegram.stream_edit_interval, texts=texts
     )
+    with chat_service.delivering():
+        async with reply, typing.until(target, reply.started):
+            await _answer(message, session, turn, reply, ticket, chat_service, texts)
+
+
+async def _answer(
+    message: Message,
+    session: AsyncSession,
+    turn: Turn,
+    reply: TelegramReply,
+    ticket: Ticket,
+    chat_service: ChatService,
+    texts: Texts,
+) -> None:
     try:
-        await chat_service.reply(
-            session,
-            user=user,
-            chat_id=message.chat.id,
-            text=text,
-            telegram_id=message.message_id,
-            sink=sink,
-            texts=texts,
-        )
-    except ServiceClosing:
-        await message.answer(texts.shutting_down)
-    except StorageError as exc:
-        # The storage's reasons are for the operator; the user gets a sentence in their language.
-        logger.warning("message not stored: %s", exc)
-        await message.answer(texts.reply_failed)
+        outcome = await chat_service.reply(session, turn, reply, ticket)
+        if outcome.waiting:
+            await message.answer(texts.answer_after_restart)
+        if outcome.shows_nothing:
+            return
+        ids = await reply.finish(outcome.text, texts.notes_for(outcome))
+        await record_delivery(session, outcome.bot_message_id, ids)
     except ModelError as exc:
         logger.error("no reply: %s", exc)
         await message.answer(texts.reply_failed)
     except TelegramAPIError as exc:
         # The reply is stored already; Telegram would not take it even after retries.
         logger.error("reply not delivered to chat %d: %s", message.chat.id, exc)
-    finally:
-        await sink.close()
 
 
 async def on_edited(
@@ -87,11 +92,13 @@ async def on_edited(
     session: AsyncSession,
     user: UserRecord,
     texts: Texts,
+    ticket: Ticket,
     chat_service: ChatService,
 ) -> None:
     text = await text_for_bot(message, bot)
     if not text:
         return
+    await ticket.wait()
     if await chat_service.apply_edit(session, user.id, message.chat.id, message.message_id, text):
         await message.answer(texts.edit_noted)
 

@@ -8,6 +8,7 @@ from aiogram.types import Message
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.core.chat import ChatService
+from bot.core.ordering import Ticket
 from bot.telegram.texts import Texts
 from storage.records import UserRecord
 
@@ -17,8 +18,10 @@ async def on_reset(
     session: AsyncSession,
     user: UserRecord,
     texts: Texts,
+    ticket: Ticket,
     chat_service: ChatService,
 ) -> None:
+    await ticket.wait()  # the messages sent before /reset belong to the old conversation
     await chat_service.reset(session, user.id, message.chat.id)
     await message.answer(texts.reset_done)
 

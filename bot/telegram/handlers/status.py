@@ -27,7 +27,7 @@ async def on_status(
         texts.status.format(
             model=chat_service.model.name,
             uptime=uptime,
-            queue=chat_service.queue_length,
+            queue=chat_service.waiting,
             users=totals.users,
             conversations=totals.conversations,
             messages=totals.messages,

@@ -9,10 +9,10 @@ from aiogram.types import Message
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.core.chat import ChatService
+from bot.core.ordering import Ticket
+from bot.core.system_prompt import system_command
 from bot.telegram.texts import Texts
 from storage.records import UserRecord
-
-RESET_WORDS = {"reset", "default", "сброс", "сбросить"}
 
 
 async def on_system(
@@ -21,27 +21,12 @@ async def on_system(
     session: AsyncSession,
     user: UserRecord,
     texts: Texts,
+    ticket: Ticket,
     chat_service: ChatService,
 ) -> None:
-    argument = (command.args or "").strip()
-    if not argument:
-        if user.system_prompt:
-            await message.answer(texts.system_current.format(prompt=user.system_prompt))
-        else:
-            default = chat_service.default_system_prompt or "—"
-            await message.answer(texts.system_default.format(prompt=default))
-        return
-    if argument.lower() in RESET_WORDS:
-        await chat_service.set_system_prompt(session, user.id, None)
-        await message.answer(texts.system_reset_done)
-        return
-    too_long = chat_service.check_system_prompt(argument)
-    if too_long is not None:
-        tokens, budget = too_long
-        await message.answer(texts.system_too_long.format(tokens=tokens, budget=budget))
-        return
-    await chat_service.set_system_prompt(session, user.id, argument)
-    await message.answer(texts.system_set)
+    await ticket.wait()  # applies to the messages after it, not to those before
+    answer = await system_command(chat_service, session, user.id, command.args or "")
+    await message.answer(texts.system_answer(answer))
 
 
 def build_router() -> Router:

@@ -1,1 +1,9 @@
-"""Middlewares run for every update, in this order: access, database session, user record."""
+"""Middlewares run for every update, in this order: ordering, access, storage failures,
+database session, user record."""
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiogram.types import TelegramObject
+
+Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiogram import BaseMiddleware, Bot
@@ -13,11 +12,10 @@ from aiogram.types import CallbackQuery, Message, TelegramObject, Update, User
 
 from bot.telegram.access import AccessPolicy
 from bot.telegram.filters import is_addressed
+from bot.telegram.middlewares import Handler
 from bot.telegram.texts import texts_for
 
 logger = logging.getLogger(__name__)
-
-Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
 
 
 class AccessMiddleware(BaseMiddleware):

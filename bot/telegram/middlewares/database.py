@@ -1,15 +1,15 @@
-"""One database session per update, committed when the handler succeeds."""
+"""One database session per update. It only opens and closes the session: the chat core
+commits what it writes (bot.core), and anything left uncommitted is rolled back."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiogram import BaseMiddleware
 from aiogram.types import TelegramObject
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
+from bot.telegram.middlewares import Handler
 
 
 class DatabaseMiddleware(BaseMiddleware):
@@ -19,6 +19,4 @@ class DatabaseMiddleware(BaseMiddleware):
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         async with self._session_factory() as session:
             data["session"] = session
-            result = await handler(event, data)
-            await session.commit()
-            return result
+            return await handler(event, data)

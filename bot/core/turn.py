@@ -1,0 +1,78 @@
+"""What one conversation turn takes in and gives back, shared by every front end."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from models.prompt.templates import ChatMessage
+from storage.records import MessageRecord, Status, UserRecord
+
+
+class ReplySink(Protocol):
+    """Where a reply is shown while it is written: a Telegram chat or the terminal. Each
+    front end words the queue lines itself."""
+
+    async def show_queue(self, ahead: int) -> None: ...
+
+    async def show_your_turn(self) -> None: ...
+
+    async def update(self, text: str) -> None: ...
+
+
+def conversation_key(user_id: int, chat_id: int) -> str:
+    return f"{user_id}:{chat_id}"
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message of a user to answer."""
+
+    user: UserRecord
+    chat_id: int
+    text: str
+    telegram_id: int | None = None
+
+    @property
+    def key(self) -> str:
+        return conversation_key(self.user.id, self.chat_id)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a turn ended; each front end renders the flags in its own words."""
+
+    text: str = ""
+    status: Status = "partial"
+    bot_message_id: int | None = None
+    stopped: bool = False  # the user stopped it (/stop, the Stop button)
+    interrupted: bool = False  # the bot shut down while it was written
+    failed: bool = False
+    truncated: bool = False  # the user's message did not fit; the model saw its end
+    start_forgotten: bool = False  # the conversation's start dropped out of the window
+    forgotten: bool = False  # /forget came first: nothing may be shown or stored
+    waiting: bool = False  # accepted during shutdown: answered after the restart
+    n_tokens: int = 0
+    telegram_message_ids: list[int] = field(default_factory=list)
+
+    @property
+    def shows_nothing(self) -> bool:
+        """No reply was started (stopped while queued, /forget, or left for the restart)."""
+        return self.bot_message_id is None
+
+    @property
+    def empty(self) -> bool:
+        return not self.text.strip() and not (self.forgotten or self.waiting)
+
+
+def to_turns(history: Sequence[MessageRecord], upto: int) -> list[ChatMessage]:
+    """What the model sees: user messages, and bot replies the user saw (failed ones are not)."""
+    turns: list[ChatMessage] = []
+    for record in history:
+        if record.id > upto:
+            break
+        if record.role == "bot" and (record.status == "failed" or not record.text.strip()):
+            continue
+        turns.append(ChatMessage(record.role, record.text))
+    return turns

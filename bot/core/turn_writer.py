@@ -1,0 +1,89 @@
+"""Every database write of one turn, in one place.
+
+Each write holds the user's lock and is skipped once /forget has come, so nothing of a
+forgotten user is written after the deletion. Each write is committed at once: the chat
+core commits here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.core.in_flight import ActiveReply
+from bot.core.turn import Turn
+from storage.records import MessageRecord, Status
+from storage.repositories import ConversationRepository, MessageRepository
+
+
+class TurnWriter:
+    def __init__(
+        self, session: AsyncSession, active: ActiveReply, user_lock: asyncio.Lock, model: str
+    ) -> None:
+        self._session = session
+        self._active = active
+        self._lock = user_lock
+        self._model = model
+
+    async def store_message(self, turn: Turn, n_tokens: int) -> MessageRecord | None:
+        """The user's message, committed before anything can go wrong: what the user typed is
+        never lost."""
+        async with self._lock:
+            if self._active.forgotten:
+                return None
+            conversation = await ConversationRepository(self._session).current(
+                turn.user.id, turn.chat_id
+            )
+            record = await MessageRepository(self._session).add(
+                conversation.id,
+                "user",
+                turn.text,
+                n_tokens=n_tokens,
+                telegram_message_ids=[turn.telegram_id] if turn.telegram_id is not None else [],
+            )
+            await self._session.commit()
+        return record
+
+    async def mark_waiting(self, message_id: int) -> None:
+        """The bot shuts down before answering: `pending` marks the message for the restart."""
+        async with self._lock:
+            if not self._active.forgotten:
+                await MessageRepository(self._session).update(message_id, status="pending")
+                await self._session.commit()
+
+    async def open_reply(self, conversation_id: int) -> int | None:
+        """The reply's row exists before generation starts, so a crash leaves it `partial`."""
+        async with self._lock:
+            if self._active.forgotten:
+                return None
+            row = await MessageRepository(self._session).add(
+                conversation_id, "bot", "", status="pending", model=self._model
+            )
+            await self._session.commit()
+        return row.id
+
+    async def save_reply(
+        self,
+        message: MessageRecord,
+        reply_id: int,
+        text: str,
+        status: Status,
+        n_tokens: int | None = None,
+    ) -> None:
+        """A message kept from the last run counts as answered once its reply has ended."""
+        async with self._lock:
+            if self._active.forgotten:
+                return
+            messages = MessageRepository(self._session)
+            await messages.update(reply_id, text=text, status=status, n_tokens=n_tokens)
+            if message.status == "pending" and status != "pending":
+                await messages.update(message.id, status="complete")
+            await self._session.commit()
+
+
+async def record_delivery(session: AsyncSession, reply_id: int | None, ids: list[int]) -> None:
+    """Link a stored reply to the Telegram messages that carry it."""
+    if ids and reply_id is not None:
+        await MessageRepository(session).update(reply_id, telegram_message_ids=ids)
+        await session.commit()

@@ -1,0 +1,92 @@
+"""The composition root: everything the front ends share, opened and closed in one place.
+
+`open_services()` opens the database, migrates it, keeps the replies a killed process left
+behind, loads the model and builds the chat service; on the way out it closes them in reverse.
+The Telegram bot (`python -m bot`), `domovoy chat` and the end-to-end tests all start here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from bot.core.chat import ChatService
+from bot.preflight import StartupError, model_path
+from bot.settings import Settings
+from models.errors import ModelError
+from models.runtime.chat_model import ChatModel, load_chat_model
+from storage.database import create_engine, create_session_factory, migrate
+from storage.errors import StorageError
+from storage.repositories import MessageRepository
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Services:
+    db: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    model: ChatModel
+    chat: ChatService
+
+
+def load_model(settings: Settings) -> ChatModel:
+    """Blocking: reads the weights. Every failure becomes one sentence for the operator."""
+    config = settings.model.to_config(model_path(settings), settings.sampling.seed)
+    try:
+        return load_chat_model(
+            config,
+            template=settings.model.template,
+            max_new_tokens=settings.model.max_new_tokens,
+            sampling=settings.sampling.to_config(),
+            state_cache=settings.cache.to_config(settings.storage.state_cache_dir),
+            window_low_watermark=settings.model.window_low_watermark,
+        )
+    except ModelError as exc:
+        raise StartupError(str(exc)) from exc
+
+
+async def _open_database(settings: Settings) -> AsyncEngine:
+    url = settings.storage.resolved_database_url
+    try:
+        # Database errors quote their statement's parameters, users' text among them.
+        db = create_engine(url, hide_parameters=not settings.log_message_text)
+    except (SQLAlchemyError, StorageError, OSError) as exc:
+        raise StartupError(f"The database {url} cannot be opened: {exc}") from exc
+    try:
+        await migrate(db)
+        async with create_session_factory(db)() as session:
+            count = await MessageRepository(session).mark_pending_as_partial()
+            await session.commit()
+    except (SQLAlchemyError, StorageError, OSError) as exc:
+        await db.dispose()
+        raise StartupError(f"The database {url} cannot be opened: {exc}") from exc
+    if count:
+        logger.warning("Kept %d interrupted replies from the last run as partial", count)
+    return db
+
+
+@contextlib.asynccontextmanager
+async def open_services(
+    settings: Settings, *, model: ChatModel | None = None, log_text: bool | None = None
+) -> AsyncIterator[Services]:
+    """`model`: an already loaded model, which the caller keeps and closes (tests share one)."""
+    db = await _open_database(settings)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(db.dispose)
+        if model is None:
+            logger.info("Loading the model %s", settings.model.model_path)
+            model = await asyncio.to_thread(load_model, settings)
+            stack.push_async_callback(model.close)
+        chat = ChatService(
+            model,
+            system_prompt=settings.model.system_prompt,
+            log_text=settings.log_message_text if log_text is None else log_text,
+        )
+        yield Services(db, create_session_factory(db), model, chat)

@@ -1,0 +1,31 @@
+"""Give each update of a conversation its place in line before anything else runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiogram import BaseMiddleware
+from aiogram.types import Chat, TelegramObject, User
+
+from bot.core.ordering import TurnOrder
+from bot.core.turn import conversation_key
+from bot.telegram.middlewares import Handler
+
+
+class OrderingMiddleware(BaseMiddleware):
+    """Registered first: its ticket must be taken before the update's task first awaits."""
+
+    def __init__(self, order: TurnOrder) -> None:
+        self._order = order
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        user: User | None = data.get("event_from_user")
+        chat: Chat | None = data.get("event_chat")
+        if user is None or chat is None:
+            return await handler(event, data)
+        ticket = self._order.take(conversation_key(user.id, chat.id))
+        data["ticket"] = ticket
+        try:
+            return await handler(event, data)
+        finally:
+            ticket.release()

@@ -1,0 +1,227 @@
+"""Messages of a conversation and the Telegram messages that carried them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from storage.errors import StorageError
+from storage.records import (
+    MessageRecord,
+    Role,
+    Status,
+    UserRecord,
+)
+from storage.repositories._rows import (
+    NO_SYNC,
+    USER_COLUMNS,
+    history_query,
+    message_records,
+    messages_query,
+    user_record,
+    utc_now,
+)
+from storage.tables import Conversation, Message, TelegramMessage, User
+from storage.validation import (
+    check_id,
+    check_ids,
+    check_optional_text,
+    check_role,
+    check_status,
+    check_text,
+    check_token_count,
+)
+
+
+class MessageRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(
+        self,
+        conversation_id: int,
+        role: Role,
+        text: str,
+        *,
+        status: Status = "complete",
+        n_tokens: int | None = None,
+        telegram_message_ids: Sequence[int] = (),
+        model: str | None = None,
+    ) -> MessageRecord:
+        conversation_id = check_id(conversation_id, "conversation id")
+        role = check_role(role)
+        text = check_text(text, "message text")
+        status = check_status(status)
+        n_tokens = check_token_count(n_tokens)
+        carriers = check_ids(telegram_message_ids, "Telegram message id")
+        model = check_optional_text(model, "model name")
+        exists = await self._session.scalar(
+            select(Conversation.id).where(Conversation.id == conversation_id)
+        )
+        if exists is None:
+            raise StorageError(f"Conversation {conversation_id} does not exist.")
+        created_at = utc_now()
+        stmt = (
+            insert(Message)
+            .values(
+                conversation_id=conversation_id,
+                role=role,
+                text=text,
+                status=status,
+                n_tokens=n_tokens,
+                model=model,
+                created_at=created_at,
+            )
+            .returning(Message.id)
+        )
+        message_id = (await self._session.execute(stmt)).scalar_one()
+        await self._insert_carriers(message_id, carriers)
+        return MessageRecord(
+            id=message_id,
+            conversation_id=conversation_id,
+            role=role,
+            text=text,
+            status=status,
+            n_tokens=n_tokens,
+            telegram_message_ids=carriers,
+            model=model,
+            created_at=created_at,
+        )
+
+    async def update(
+        self,
+        message_id: int,
+        *,
+        text: str | None = None,
+        status: Status | None = None,
+        n_tokens: int | None = None,
+        telegram_message_ids: Sequence[int] | None = None,
+        model: str | None = None,
+    ) -> None:
+        """Change the given fields (None leaves a field as it is); Telegram ids are replaced."""
+        message_id = check_id(message_id, "message id")
+        values: dict[str, object] = {}
+        if text is not None:
+            values["text"] = check_text(text, "message text")
+        if status is not None:
+            values["status"] = check_status(status)
+        if n_tokens is not None:
+            values["n_tokens"] = check_token_count(n_tokens)
+        if model is not None:
+            values["model"] = check_optional_text(model, "model name")
+        carriers = (
+            None
+            if telegram_message_ids is None
+            else check_ids(telegram_message_ids, "Telegram message id")
+        )
+        if values:
+            stmt = (
+                update(Message)
+                .where(Message.id == message_id)
+                .values(**values)
+                .returning(Message.id)
+                .execution_options(**NO_SYNC)
+            )
+            found = (await self._session.execute(stmt)).scalar_one_or_none()
+        else:
+            found = await self._session.scalar(select(Message.id).where(Message.id == message_id))
+        if found is None:
+            raise StorageError(f"Message {message_id} does not exist.")
+        if carriers is not None:
+            await self._session.execute(
+                delete(TelegramMessage)
+                .where(TelegramMessage.message_id == message_id)
+                .execution_options(**NO_SYNC)
+            )
+            await self._insert_carriers(message_id, carriers)
+
+    async def get(self, message_id: int) -> MessageRecord | None:
+        stmt = messages_query().where(Message.id == check_id(message_id, "message id"))
+        records = message_records(await self._session.execute(stmt))
+        return records[0] if records else None
+
+    async def history(self, conversation_id: int) -> list[MessageRecord]:
+        """The conversation's messages, oldest first, in one indexed query."""
+        stmt = history_query(check_id(conversation_id, "conversation id"))
+        return message_records(await self._session.execute(stmt))
+
+    async def find_by_telegram_id(
+        self, conversation_id: int, telegram_message_id: int
+    ) -> MessageRecord | None:
+        """The stored message that a Telegram message of this conversation carried."""
+        stmt = (
+            select(Message.id)
+            .join(TelegramMessage, TelegramMessage.message_id == Message.id)
+            .where(
+                Message.conversation_id == check_id(conversation_id, "conversation id"),
+                TelegramMessage.telegram_message_id
+                == check_id(telegram_message_id, "Telegram message id"),
+            )
+            .order_by(Message.id.desc())
+            .limit(1)
+        )
+        message_id = await self._session.scalar(stmt)
+        return None if message_id is None else await self.get(message_id)
+
+    async def mark_pending_as_partial(self) -> int:
+        """At start-up: replies left `pending` by a crashed or killed process become `partial`
+        (kept, never dropped), and a message whose reply got some text counts as answered.
+        Returns how many replies there were. Only for a single bot process."""
+        replies = (
+            update(Message)
+            .where(Message.role == "bot", Message.status == "pending")
+            .values(status="partial")
+            .returning(Message.id)
+            .execution_options(**NO_SYNC)
+        )
+        count = len((await self._session.execute(replies)).all())
+        later = aliased(Message)
+        answered = (
+            update(Message)
+            .where(
+                Message.role == "user",
+                Message.status == "pending",
+                select(later.id)
+                .where(
+                    later.conversation_id == Message.conversation_id,
+                    later.id > Message.id,
+                    later.role == "bot",
+                    later.text != "",
+                )
+                .exists(),
+            )
+            .values(status="complete")
+            .execution_options(**NO_SYNC)
+        )
+        await self._session.execute(answered)
+        return count
+
+    async def unanswered(self) -> list[tuple[MessageRecord, UserRecord, int]]:
+        """Messages accepted and never answered (a shutdown came first), oldest first, with
+        their user and chat id."""
+        stmt = (
+            select(Message.id, Conversation.chat_id, *USER_COLUMNS)
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .join(User, User.id == Conversation.user_id)
+            .where(Message.role == "user", Message.status == "pending")
+            .order_by(Message.id)
+        )
+        found = []
+        for row in (await self._session.execute(stmt)).all():
+            record = await self.get(row[0])
+            if record is not None:
+                found.append((record, user_record(row[2:]), row[1]))
+        return found
+
+    async def _insert_carriers(self, message_id: int, carriers: tuple[int, ...]) -> None:
+        if carriers:
+            await self._session.execute(
+                insert(TelegramMessage),
+                [
+                    {"message_id": message_id, "position": position, "telegram_message_id": tid}
+                    for position, tid in enumerate(carriers)
+                ],
+            )
