@@ -3,7 +3,6 @@ and keeping the conversation in a real SQLite file."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 from collections.abc import AsyncIterator
@@ -249,7 +248,8 @@ async def test_stop_also_cancels_a_reply_still_waiting_its_turn(
         bot.tg.push_message(OWNER, "/stop")
         await bot.wait_reply(OWNER)
         await bot.wait(has_text(bot.tg, OWNER, RU.stop_done))
-        await asyncio.sleep(0.5)
+        # Every reply has ended: a reply to the second message could only have come before.
+        await bot.wait(lambda: bot.app.services.chat.idle)
         history = await bot.history(OWNER)
         assert [(r.role, r.text, r.status) for r in history][2] == (
             "user",

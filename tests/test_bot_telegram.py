@@ -3,7 +3,6 @@ long replies, groups, edits, media, /forget."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -89,7 +88,7 @@ async def test_telegram_outage_during_polling_is_survived(
     async with running_bot(chat_model, tmp_path) as bot:
         bot.tg.outage(3.0)
         bot.tg.push_message(OWNER, "/start")
-        await asyncio.sleep(1.0)
+        await bot.wait(lambda: any(c.status == 502 for c in bot.tg.calls("getUpdates")))
         assert not bot.tg.texts(OWNER)
         assert any(c.status == 502 for c in bot.tg.calls("getUpdates"))
         await bot.wait(lambda: bot.tg.texts(OWNER))
@@ -126,7 +125,9 @@ async def test_group_answers_only_when_mentioned_or_replied_to(
         bot.tg.push_group_message(OWNER, GROUP, "просто болтаем между собой")
         mention = bot.tg.push_group_message(OWNER, GROUP, "как погода?", mention=True)
         await bot.wait(lambda: bot.tg.texts(GROUP))
-        await asyncio.sleep(0.5)
+        await bot.wait(lambda: bot.app.services.chat.idle)  # the reply is written and delivered
+        # No sleep needed: the mention was stored only after the earlier chatter of the same
+        # conversation was handled to the end (updates of a conversation go in order).
         assert len(generations) == 1
         prompt = chat_model.tokenizer.decode(generations[0].prompt, special=True)
         assert "как погода?" in prompt and "болтаем" not in prompt and "@domovoy" not in prompt
@@ -222,7 +223,7 @@ async def test_forget_mid_reply_and_in_a_group_only_by_who_asked(
         await bot.wait(lambda: bot.tg.drafts(OWNER))
         bot.tg.press_button(GROUP, question[0].message_id, text=RU.forget_yes, user_id=OWNER)
         await bot.wait(has_text(bot.tg, GROUP, RU.forget_done))
-        await asyncio.sleep(1.0)
+        await bot.wait(lambda: bot.app.services.chat.idle)  # the forgotten reply has ended
         assert not bot.tg.sent_messages(OWNER), "nothing more of a forgotten reply is shown"
         async with bot.sessions() as session:
             assert await UserRepository(session).get(OWNER) is None

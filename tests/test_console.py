@@ -100,7 +100,10 @@ async def test_ctrl_c_stops_a_reply_without_quitting(tmp_path: Path) -> None:
         await read_until(len(output) + 30)  # the reply is streaming
         process.send_signal(signal.SIGINT)
         await read_until(RU.reply_stopped)
-        await asyncio.sleep(0.3)
+        # The console still answers after the Ctrl-C: it did not quit.
+        process.stdin.write(b"/system\n")
+        await process.stdin.drain()
+        await read_until(RU.system_default.split(":")[0])
         assert process.returncode is None, "Ctrl-C during a reply must not quit"
         process.stdin.write(b"/quit\n")
         await process.stdin.drain()

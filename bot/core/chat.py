@@ -70,6 +70,11 @@ class ChatService:
         return self._replies.count
 
     @property
+    def idle(self) -> bool:
+        """No reply is waiting, running or being delivered."""
+        return self._replies.idle
+
+    @property
     def recent_tokens_per_second(self) -> float | None:
         if not self._speeds:
             return None

@@ -58,6 +58,10 @@ class RepliesInFlight:
         """Messages accepted and not answered yet, running or waiting."""
         return sum(len(replies) for replies in self._active.values())
 
+    @property
+    def idle(self) -> bool:
+        return self._idle.is_set()
+
     def keys_of_user(self, user_id: int) -> set[str]:
         return {key for key, replies in self._active.items() if replies[0].user_id == user_id}
 
