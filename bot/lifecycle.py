@@ -23,7 +23,6 @@ from models.errors import ModelError
 from models.runtime.chat_model import ChatModel, load_chat_model
 from storage.database import create_engine, create_session_factory, migrate
 from storage.errors import StorageError
-from storage.repositories import MessageRepository
 
 logger = logging.getLogger(__name__)
 
@@ -61,14 +60,9 @@ async def _open_database(settings: Settings) -> AsyncEngine:
         raise StartupError(f"The database {url} cannot be opened: {exc}") from exc
     try:
         await migrate(db)
-        async with create_session_factory(db)() as session:
-            count = await MessageRepository(session).mark_pending_as_partial()
-            await session.commit()
     except (SQLAlchemyError, StorageError, OSError) as exc:
         await db.dispose()
         raise StartupError(f"The database {url} cannot be opened: {exc}") from exc
-    if count:
-        logger.warning("Kept %d interrupted replies from the last run as partial", count)
     return db
 
 
@@ -89,4 +83,7 @@ async def open_services(
             system_prompt=settings.model.system_prompt,
             log_text=settings.log_message_text if log_text is None else log_text,
         )
-        yield Services(db, create_session_factory(db), model, chat)
+        sessions = create_session_factory(db)
+        async with sessions() as session:
+            await chat.keep_interrupted_replies(session)
+        yield Services(db, sessions, model, chat)

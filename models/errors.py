@@ -15,3 +15,11 @@ class TemplateError(ModelError):
 
 class WindowError(ModelError):
     """The system prompt and the reply reserve leave no room for a message."""
+
+
+class HubError(ModelError):
+    """A hub look-up or download failed; the message is one sentence for the owner."""
+
+
+class HubUnreachable(HubError):
+    """No connection to the hub at all."""

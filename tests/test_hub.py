@@ -30,10 +30,10 @@ import pytest
 from fake_hub import FakeHub
 from tqdm import tqdm
 
-from models.errors import ModelError, ModelLoadError
+from models.errors import HubError, HubUnreachable, ModelError, ModelLoadError
 from models.files import hub as hub_module
 from models.files.gguf_info import read_gguf_info
-from models.files.hub import HubError, HubUnreachable, download, list_repo
+from models.files.hub import download, list_repo
 from models.files.registry import find_entry, human_size, quant_of, split_stem
 
 ROOT = Path(__file__).resolve().parent.parent

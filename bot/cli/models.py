@@ -24,9 +24,8 @@ def _entry_header(entry: ModelEntry) -> list[str]:
 
 def list_models() -> None:
     """The known models, their quantizations with sizes, and which fit this machine's RAM."""
+    from models.errors import HubError, HubUnreachable
     from models.files.hub import (
-        HubError,
-        HubUnreachable,
         check_reachable,
         list_repo,
         resolve_endpoint,

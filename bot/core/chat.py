@@ -7,8 +7,8 @@ crash loses nothing the user typed and an interrupted reply is kept as `partial`
 the bot had no time to answer before shutting down is marked `pending` and answered after the
 restart.
 
-Transactions: this service is the only place that commits; middlewares open and close the
-session, repositories never commit.
+Transactions: the chat core commits (this service, and `TurnWriter` for the writes of a turn),
+nothing else does; middlewares open and close the session, repositories never commit.
 """
 
 from __future__ import annotations
@@ -191,6 +191,13 @@ class ChatService:
             if self._log_text:
                 logger.info("user %d in chat %d: %r", turn.user.id, turn.chat_id, turn.text)
             return await self._answer(session, writer, active, turn.user, stored, sink)
+
+    async def keep_interrupted_replies(self, session: AsyncSession) -> None:
+        """At start: replies a killed process left `pending` are kept as `partial`."""
+        count = await MessageRepository(session).mark_pending_as_partial()
+        await session.commit()
+        if count:
+            logger.warning("Kept %d interrupted replies from the last run as partial", count)
 
     async def waiting_messages(
         self, session: AsyncSession

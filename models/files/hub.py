@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
-import re
-import shutil
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,7 +25,8 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from models.errors import ModelError
+from models.errors import HubError, HubUnreachable
+from models.files.partial import on_disk, part_paths, read_stamp, require_space, verify
 from models.files.registry import (
     DEFAULT_QUANT,
     ModelEntry,
@@ -45,16 +43,7 @@ T = TypeVar("T")
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
-
-
-class HubError(ModelError):
-    """A hub look-up or download failed; the message is one sentence for the owner."""
-
-
-class HubUnreachable(HubError):
-    """No connection to the hub at all."""
 
 
 @dataclass(frozen=True)
@@ -249,47 +238,9 @@ def lookup(name: str) -> ModelEntry:
     )
 
 
-def _free_space(directory: Path) -> tuple[Path, int]:
-    probe = directory
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    return probe, shutil.disk_usage(probe).free
-
-
-def _require_space(directory: Path, needed: int, what: str) -> None:
-    where, free = _free_space(directory)
-    if needed > free:
-        raise HubError(
-            f"Not enough disk space in {where}: {what} needs {human_size(needed)} "
-            f"but only {human_size(free)} is free."
-        )
-
-
-def _part_paths(local: Path) -> tuple[Path, Path]:
-    return local.with_name(local.name + ".part"), local.with_name(local.name + ".part.json")
-
-
-def _read_stamp(stamp: Path) -> dict[str, object] | None:
-    try:
-        data = json.loads(stamp.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _on_disk(local: Path, size: int) -> int:
-    """Bytes of this file already here: all of it, or what a stamped partial file holds."""
-    if local.is_file() and local.stat().st_size == size:
-        return size
-    part, stamp = _part_paths(local)
-    if part.is_file() and (_read_stamp(stamp) or {}).get("size") == size:
-        return min(part.stat().st_size, size)
-    return 0
-
-
 def _missing_bytes(target_dir: Path, files: QuantFile) -> int:
     return sum(
-        size - _on_disk(target_dir / path, size)
+        size - on_disk(target_dir / path, size)
         for path, size in zip(files.paths, files.sizes, strict=True)
     )
 
@@ -313,7 +264,7 @@ def _fetch(
     headers = build_hf_headers(token=token)
     if urlsplit(meta.location).netloc != urlsplit(url).netloc:
         headers.pop("authorization", None)  # a signed CDN address: the token stays with the hub
-    part, stamp = _part_paths(local)
+    part, stamp = part_paths(local)
     wanted = {"etag": meta.etag, "commit": meta.commit_hash, "size": expected}
     local.parent.mkdir(parents=True, exist_ok=True)
     part.touch()
@@ -325,12 +276,12 @@ def _fetch(
                 f"Another download is writing {part} right now; wait for it to finish."
             ) from None
         have = out.seek(0, os.SEEK_END)
-        old = _read_stamp(stamp) or {}
+        old = read_stamp(stamp) or {}
         if (old.get("etag"), old.get("size")) != (meta.etag, expected) or have > expected:
             have = out.seek(0)  # another revision's bytes, or of unknown origin: start over
             out.truncate()
             stamp.write_text(json.dumps(wanted))
-        _require_space(local_dir, expected - have, f"{repo}/{filename}")
+        require_space(local_dir, expected - have, f"{repo}/{filename}")
         _call(
             repo,
             lambda: http_get(
@@ -344,27 +295,10 @@ def _fetch(
             filename,
         )
         out.flush()
-        _verify(part, stamp, expected, meta.etag, f"{repo}/{filename}")
+        verify(part, stamp, expected, meta.etag, f"{repo}/{filename}")
         os.replace(part, local)
     stamp.unlink(missing_ok=True)
     return local
-
-
-def _verify(part: Path, stamp: Path, size: int, etag: str, what: str) -> None:
-    got = part.stat().st_size
-    if got != size:
-        raise HubError(f"The download of {what} stopped at {got} of {size} bytes; run it again.")
-    if _SHA256.fullmatch(etag) is None:
-        return  # a small git-stored file: its etag is a git hash, not the content's sha256
-    with part.open("rb") as data:
-        digest = hashlib.file_digest(data, "sha256").hexdigest()
-    if digest != etag:
-        part.unlink()
-        stamp.unlink(missing_ok=True)
-        raise HubError(
-            f"The downloaded {what} does not match the hub's sha256 checksum, so the damaged "
-            "file was deleted: run the same command again to fetch it afresh."
-        )
 
 
 def download(
@@ -400,7 +334,7 @@ def download(
     needed = _missing_bytes(base_dir, chosen)
     if adapter is not None:
         needed += _missing_bytes(adapter_dir, adapter) + adapter.size  # plus the converted GGUF
-    _require_space(models_dir, needed, entry.repo)
+    require_space(models_dir, needed, entry.repo)
 
     result = DownloadResult(entry=entry, model_path=Path(), template=entry.template)
     estimate = ram_estimate(base, chosen.size, n_ctx)
