@@ -175,7 +175,8 @@ async def test_shutdown_answers_the_waiting_messages_after_the_restart(tmp_path:
         first.model.engine.release()
         # The owner's reply is being written when the bot shuts down.
         await eventually(lambda: first.model.engine.submitted[0]._sent)
-        assert await first.services.chat.shutdown(5)
+        async with first.services.sessions() as session:
+            assert await first.services.chat.shutdown(session, 5)
         await asyncio.gather(running, waiting)
         owner_texts = first.bot.recorder.texts(OWNER)
         assert len(owner_texts) == 1 and owner_texts[0].endswith(f"<i>{RU.reply_interrupted}</i>")
@@ -218,3 +219,13 @@ async def test_a_failing_database_costs_one_sentence_and_recovers(
     assert fast.bot.recorder.texts(OWNER)[-1] == "echo: теперь сохранится"
     sends = [m for m in fast.bot.recorder.requests if isinstance(m, SendMessage)]
     assert len(sends) == 2
+
+
+async def test_a_message_delivered_twice_is_stored_and_answered_once(fast: Fast) -> None:
+    # After a restart Telegram re-sends the updates the last run had not confirmed.
+    update = text_update(OWNER, "один раз")
+    await fast.feed(update)
+    await fast.feed(update)
+    stored = await fast.history(OWNER)
+    assert [(r.role, r.text) for r in stored] == [("user", "один раз"), ("bot", "echo: один раз")]
+    assert fast.bot.recorder.texts(OWNER) == ["echo: один раз"]

@@ -188,6 +188,7 @@ class ChatService:
                     ticket.release()
             if stored is None:
                 return Outcome(forgotten=True)
+            active.message_id = stored.id
             if self._log_text:
                 logger.info("user %d in chat %d: %r", turn.user.id, turn.chat_id, turn.text)
             return await self._answer(session, writer, active, turn.user, stored, sink)
@@ -216,6 +217,7 @@ class ChatService:
     ) -> Outcome:
         """Answer a message a previous run accepted but did not answer."""
         with self._replies.register(conversation_key(user.id, chat_id), user.id) as active:
+            active.message_id = message.id
             writer = self._writer(session, active)
             return await self._answer(session, writer, active, user, message, sink)
 
@@ -231,14 +233,14 @@ class ChatService:
         message: MessageRecord,
         sink: ReplySink,
     ) -> Outcome:
-        async with self._replies.turn_lock(active.key):
+        async with self._replies.turn(active.key) as my_turn:
             if active.cut is Cut.STOPPED:
                 return Outcome(stopped=True)
             if active.forgotten:
                 return Outcome(forgotten=True)
-            if self._replies.closing:
+            if not my_turn:
                 await writer.mark_waiting(message.id)
-                return Outcome(waiting=True)
+                return Outcome(waiting=self._replies.first_to_wait(active.key))
             history = await MessageRepository(session).history(message.conversation_id)
             # Read again: a /system sent while this reply waited applies to it.
             current = await UserRepository(session).get(user.id) or user
@@ -294,7 +296,7 @@ class ChatService:
         self._note_speed(status, result)
         if active.cut is Cut.SHUTDOWN and not result.text.strip():
             await writer.mark_waiting(message.id)  # nothing written yet: the restart answers
-            return Outcome(waiting=True)
+            return Outcome(waiting=self._replies.first_to_wait(active.key))
         return Outcome(
             result.text,
             status,
@@ -359,10 +361,15 @@ class ChatService:
 
     # Shutdown.
 
-    async def shutdown(self, grace: float) -> bool:
-        """Take no more work: running replies stop and are stored, waiting messages stay
-        pending for the restart; wait until that is written."""
-        self._replies.close()
+    async def shutdown(self, session: AsyncSession, grace: float) -> bool:
+        """Take no more work: running replies stop and are stored, waiting messages are marked
+        `pending` for the restart at once (all together, before anything can cut the shutdown
+        short); then wait until the replies are written and delivered."""
+        waiting = self._replies.close()
+        if waiting:
+            await MessageRepository(session).mark_waiting(waiting)
+            await session.commit()
+            logger.info("%d messages will be answered after the restart", len(waiting))
         if not await self._replies.wait_idle(grace):
             logger.warning("replies still running after %.0f s", grace)
             return False

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from collections import defaultdict
-from collections.abc import Iterator
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from models.runtime.engine import Generation
 
@@ -25,7 +26,12 @@ class ActiveReply:
         self.user_id = user_id
         self.cut: Cut | None = None
         self.generation: Generation | None = None
+        self.message_id: int | None = None  # the stored message it answers
         self.streamed = ""  # the reply so far
+
+    @property
+    def started(self) -> bool:
+        return self.generation is not None and self.generation.started.is_set()
 
     @property
     def forgotten(self) -> bool:
@@ -45,13 +51,14 @@ class RepliesInFlight:
     def __init__(self) -> None:
         self._active: dict[str, list[ActiveReply]] = defaultdict(list)
         # One reply at a time per conversation, so each prompt sees the previous answer.
-        self._turn_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._lines: dict[str, deque[asyncio.Future[None]]] = defaultdict(deque)
         # Storing a user's rows and /forget never interleave: nothing is written after it.
         self._user_locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._idle = asyncio.Event()
         self._idle.set()
         self._deliveries = 0
-        self.closing = False
+        self._told_waiting: set[str] = set()
+        self._closed = asyncio.Event()
 
     @property
     def count(self) -> int:
@@ -76,7 +83,6 @@ class RepliesInFlight:
             self._active[key].remove(reply)
             if not self._active[key]:
                 del self._active[key]
-                self._turn_locks.pop(key, None)  # nobody waits on it any more
             self._maybe_idle()
 
     @contextlib.contextmanager
@@ -94,8 +100,33 @@ class RepliesInFlight:
         if not self._active and not self._deliveries:
             self._idle.set()
 
-    def turn_lock(self, key: str) -> asyncio.Lock:
-        return self._turn_locks[key]
+    @property
+    def closing(self) -> bool:
+        return self._closed.is_set()
+
+    @contextlib.asynccontextmanager
+    async def turn(self, key: str) -> AsyncIterator[bool]:
+        """The conversation's turn, first come first served: True once it is this reply's,
+        False as soon as the bot shuts down instead (a reply still waiting is then kept for
+        the restart). The place in line is taken before the first await."""
+        line = self._lines[key]
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        line.append(mine)
+        if line[0] is mine:
+            mine.set_result(None)
+        closed = asyncio.ensure_future(self._closed.wait())
+        waits: set[asyncio.Future[Any]] = {mine, closed}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            yield mine.done() and not self.closing
+        finally:
+            closed.cancel()
+            was_first = line[0] is mine
+            line.remove(mine)
+            if was_first and line:
+                line[0].set_result(None)
+            if not line:
+                self._lines.pop(key, None)
 
     def user_lock(self, user_id: int) -> asyncio.Lock:
         return self._user_locks[user_id]
@@ -106,12 +137,24 @@ class RepliesInFlight:
             reply.cancel(why)
         return bool(replies)
 
-    def close(self) -> None:
-        """Take no more work: running replies stop, waiting ones are kept for the restart."""
-        self.closing = True
+    def close(self) -> list[int]:
+        """Take no more work: running replies stop. Returns the stored messages whose replies
+        had not started: they are kept for the restart."""
+        self._closed.set()
+        waiting = []
         for replies in list(self._active.values()):
             for reply in replies:
+                if reply.message_id is not None and not reply.started:
+                    waiting.append(reply.message_id)
                 reply.cancel(Cut.SHUTDOWN)
+        return waiting
+
+    def first_to_wait(self, key: str) -> bool:
+        """True once per conversation: its user is told about the restart one time only."""
+        if key in self._told_waiting:
+            return False
+        self._told_waiting.add(key)
+        return True
 
     async def wait_idle(self, seconds: float) -> bool:
         try:

@@ -28,14 +28,20 @@ class TurnWriter:
 
     async def store_message(self, turn: Turn, n_tokens: int) -> MessageRecord | None:
         """The user's message, committed before anything can go wrong: what the user typed is
-        never lost."""
+        never lost. None when /forget came first, or when Telegram delivered the same message
+        again (after a restart it re-sends the updates the last run had not confirmed)."""
         async with self._lock:
             if self._active.forgotten:
                 return None
             conversation = await ConversationRepository(self._session).current(
                 turn.user.id, turn.chat_id
             )
-            record = await MessageRepository(self._session).add(
+            messages = MessageRepository(self._session)
+            if turn.telegram_id is not None:
+                known = await messages.find_by_telegram_id(conversation.id, turn.telegram_id)
+                if known is not None and known.role == "user":
+                    return None
+            record = await messages.add(
                 conversation.id,
                 "user",
                 turn.text,

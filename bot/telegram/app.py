@@ -31,7 +31,7 @@ from bot.telegram.typing_indicator import TypingIndicators
 
 logger = logging.getLogger(__name__)
 
-SHUTDOWN_TIMEOUT = 5.0  # seconds to store and deliver the interrupted replies
+SHUTDOWN_TIMEOUT = 10.0  # seconds to store and deliver the interrupted replies
 STARTUP_RETRY = 2.0
 
 
@@ -60,7 +60,7 @@ def build_app(settings: Settings, services: Services, bot: Bot | None = None) ->
         typing=TypingIndicators(bot),
     )
     # The ordering middleware must come first: it takes each update's place in line.
-    dispatcher.update.outer_middleware(OrderingMiddleware(TurnOrder()))
+    dispatcher.update.outer_middleware(OrderingMiddleware(TurnOrder(), services.chat))
     dispatcher.update.outer_middleware(AccessMiddleware(access))
     dispatcher.update.outer_middleware(StorageFailureMiddleware())
     dispatcher.update.outer_middleware(DatabaseMiddleware(services.sessions))
@@ -139,7 +139,8 @@ async def serve(app: BotApp, stop: asyncio.Event) -> None:
         logger.info("Shutting down")
         if not polling.done():
             await dispatcher.stop_polling()
-        await app.services.chat.shutdown(SHUTDOWN_TIMEOUT)
+        async with app.services.sessions() as session:
+            await app.services.chat.shutdown(session, SHUTDOWN_TIMEOUT)
         await backlog
         await dispatcher["typing"].close()
         await polling  # re-raises if polling itself failed

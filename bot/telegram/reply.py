@@ -96,6 +96,11 @@ class TelegramReply:
         """Set once the first words are shown: the typing indicator may stop."""
         return self._view.started
 
+    @property
+    def message_ids(self) -> list[int]:
+        """The Telegram messages that carry the reply so far."""
+        return list(self._transport.message_ids)
+
     # The interface the chat service drives (bot.core.turn.ReplySink).
 
     async def show_queue(self, ahead: int) -> None:

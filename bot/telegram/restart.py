@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import defaultdict
 from typing import TYPE_CHECKING
 
 from aiogram.exceptions import TelegramAPIError
@@ -14,47 +16,57 @@ from bot.telegram.reply import TelegramReply
 from bot.telegram.texts import texts_for
 from models.errors import ModelError
 from storage.errors import StorageError
+from storage.records import MessageRecord, UserRecord
 
 if TYPE_CHECKING:
     from bot.telegram.app import BotApp
 
 logger = logging.getLogger(__name__)
 
+Waiting = tuple[MessageRecord, UserRecord, int]
+
 
 async def answer_waiting_messages(app: BotApp) -> None:
-    services, dispatcher = app.services, app.dispatcher
-    async with services.sessions() as session:
-        waiting = await services.chat.waiting_messages(session)
-    if waiting:
-        logger.info("Answering %d messages left from the last run", len(waiting))
-    for message, user, chat_id in waiting:
-        if services.chat.closing:
+    """Each conversation's waiting messages in order, the conversations side by side."""
+    async with app.services.sessions() as session:
+        waiting = await app.services.chat.waiting_messages(session)
+    if not waiting:
+        return
+    logger.info("Answering %d messages left from the last run", len(waiting))
+    by_conversation: dict[tuple[int, int], list[Waiting]] = defaultdict(list)
+    for item in waiting:
+        by_conversation[(item[1].id, item[2])].append(item)
+    await asyncio.gather(*(_answer_in_order(app, items) for items in by_conversation.values()))
+
+
+async def _answer_in_order(app: BotApp, items: list[Waiting]) -> None:
+    for message, user, chat_id in items:
+        if app.services.chat.closing:
             return
-        private = chat_id == user.id
-        target = ChatTarget(
-            chat_id,
-            private=private,
-            reply_to=None
-            if private or not message.telegram_message_ids
-            else message.telegram_message_ids[0],
-        )
-        texts = texts_for(user.language_code)
-        reply = TelegramReply(
-            app.bot,
-            target,
-            drafts=dispatcher["drafts"],
-            interval=app.dispatcher["settings"].telegram.stream_edit_interval,
-            texts=texts,
-        )
         try:
-            with services.chat.delivering():
-                async with services.sessions() as session, reply:
-                    outcome = await services.chat.answer_waiting(
-                        session, message, user, chat_id, reply
-                    )
-                    if outcome.shows_nothing:
-                        continue
-                    ids = await reply.finish(outcome.text, texts.notes_for(outcome))
-                    await record_delivery(session, outcome.bot_message_id, ids)
+            await _answer_one(app, message, user, chat_id)
         except (TelegramAPIError, SQLAlchemyError, StorageError, ModelError) as exc:
             logger.error("a message left from the last run was not answered: %s", exc)
+
+
+async def _answer_one(app: BotApp, message: MessageRecord, user: UserRecord, chat_id: int) -> None:
+    services, dispatcher = app.services, app.dispatcher
+    private = chat_id == user.id
+    replied = (
+        None if private or not message.telegram_message_ids else message.telegram_message_ids[0]
+    )
+    texts = texts_for(user.language_code)
+    reply = TelegramReply(
+        app.bot,
+        ChatTarget(chat_id, private=private, reply_to=replied),
+        drafts=dispatcher["drafts"],
+        interval=dispatcher["settings"].telegram.stream_edit_interval,
+        texts=texts,
+    )
+    with services.chat.delivering():
+        async with services.sessions() as session, reply:
+            outcome = await services.chat.answer_waiting(session, message, user, chat_id, reply)
+            if outcome.shows_nothing:
+                return
+            ids = await reply.finish(outcome.text, texts.notes_for(outcome))
+            await record_delivery(session, outcome.bot_message_id, ids)

@@ -199,6 +199,18 @@ class MessageRepository:
         await self._session.execute(answered)
         return count
 
+    async def mark_waiting(self, message_ids: Sequence[int]) -> None:
+        """Messages the bot had no time to answer: `pending` until a restart answers them.
+        Ids that no longer exist (a /forget) are passed over."""
+        ids = [check_id(message_id, "message id") for message_id in message_ids]
+        stmt = (
+            update(Message)
+            .where(Message.id.in_(ids), Message.role == "user")
+            .values(status="pending")
+            .execution_options(**NO_SYNC)
+        )
+        await self._session.execute(stmt)
+
     async def unanswered(self) -> list[tuple[MessageRecord, UserRecord, int]]:
         """Messages accepted and never answered (a shutdown came first), oldest first, with
         their user and chat id."""

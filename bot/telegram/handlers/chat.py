@@ -56,9 +56,8 @@ async def on_text(
     reply = TelegramReply(
         bot, target, drafts=drafts, interval=settings.telegram.stream_edit_interval, texts=texts
     )
-    with chat_service.delivering():
-        async with reply, typing.until(target, reply.started):
-            await _answer(message, session, turn, reply, ticket, chat_service, texts)
+    async with reply, typing.until(target, reply.started):
+        await _answer(message, session, turn, reply, ticket, chat_service, texts)
 
 
 async def _answer(
@@ -72,18 +71,21 @@ async def _answer(
 ) -> None:
     try:
         outcome = await chat_service.reply(session, turn, reply, ticket)
+    except ModelError as exc:
+        logger.error("no reply: %s", exc)
+        await message.answer(texts.reply_failed)
+        return
+    try:
         if outcome.waiting:
             await message.answer(texts.answer_after_restart)
         if outcome.shows_nothing:
             return
         ids = await reply.finish(outcome.text, texts.notes_for(outcome))
-        await record_delivery(session, outcome.bot_message_id, ids)
-    except ModelError as exc:
-        logger.error("no reply: %s", exc)
-        await message.answer(texts.reply_failed)
     except TelegramAPIError as exc:
         # The reply is stored already; Telegram would not take it even after retries.
-        logger.error("reply not delivered to chat %d: %s", message.chat.id, exc)
+        logger.exception("reply not delivered to chat %d: %s", message.chat.id, exc)
+        ids = reply.message_ids  # what did reach the chat, if anything
+    await record_delivery(session, outcome.bot_message_id, ids)
 
 
 async def on_edited(

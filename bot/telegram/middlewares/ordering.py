@@ -1,4 +1,5 @@
-"""Give each update of a conversation its place in line before anything else runs."""
+"""Give each update of a conversation its place in line before anything else runs, and let
+shutdown wait for every update being handled."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 from aiogram import BaseMiddleware
 from aiogram.types import Chat, TelegramObject, User
 
+from bot.core.chat import ChatService
 from bot.core.ordering import TurnOrder
 from bot.core.turn import conversation_key
 from bot.telegram.middlewares import Handler
@@ -15,17 +17,19 @@ from bot.telegram.middlewares import Handler
 class OrderingMiddleware(BaseMiddleware):
     """Registered first: its ticket must be taken before the update's task first awaits."""
 
-    def __init__(self, order: TurnOrder) -> None:
+    def __init__(self, order: TurnOrder, service: ChatService) -> None:
         self._order = order
+        self._service = service
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         user: User | None = data.get("event_from_user")
         chat: Chat | None = data.get("event_chat")
-        if user is None or chat is None:
-            return await handler(event, data)
-        ticket = self._order.take(conversation_key(user.id, chat.id))
-        data["ticket"] = ticket
-        try:
-            return await handler(event, data)
-        finally:
-            ticket.release()
+        with self._service.delivering():
+            if user is None or chat is None:
+                return await handler(event, data)
+            ticket = self._order.take(conversation_key(user.id, chat.id))
+            data["ticket"] = ticket
+            try:
+                return await handler(event, data)
+            finally:
+                ticket.release()
