@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -424,3 +425,55 @@ async def test_wire_format_for_other_clients(tg: FakeTelegram) -> None:
             "parameters": {"retry_after": 7},
         },
     )
+
+
+async def test_lone_surrogates_are_delivered_but_refused_when_sent(tg: FakeTelegram) -> None:
+    """Updates may carry a lone UTF-16 surrogate (JSON escapes allow it); what the bot sends
+    must be valid UTF-8, as Telegram demands."""
+    update = tg.push_message(USER, "a \ud800 b /start")
+    assert update["message"]["entities"] == [{"type": "bot_command", "offset": 6, "length": 6}]
+    api = f"{tg.base_url}/bot{tg.token}"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{api}/getUpdates") as resp:
+            delivered = (await resp.json())["result"][0]["message"]["text"]
+        body = json.dumps({"chat_id": USER, "text": "x \ud800 y"})  # as the escape \\ud800
+        headers = {"Content-Type": "application/json"}
+        async with http.post(f"{api}/sendMessage", data=body, headers=headers) as resp:
+            refused = (resp.status, await resp.json())
+        form = f"chat_id={USER}&text=x+%ED%A0%80+y".encode()  # the surrogate's UTF-8 bytes
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        async with http.post(f"{api}/sendMessage", data=form, headers=headers) as resp:
+            raw = resp.status
+    assert delivered == "a \ud800 b /start"
+    assert refused == (
+        400,
+        {
+            "ok": False,
+            "error_code": 400,
+            "description": "Bad Request: strings must be encoded in UTF-8",
+        },
+    )
+    assert raw == 400
+    assert tg.texts(USER) == []
+
+
+async def test_a_user_seen_only_in_groups_cannot_be_written_to(bot: Bot, tg: FakeTelegram) -> None:
+    tg.push_group_message(77, GROUP, "hello")
+    with pytest.raises(TelegramForbiddenError, match="bot can't initiate conversation"):
+        await bot.send_message(77, "hi")
+    await bot.send_message(GROUP, "hi all")
+    assert tg.texts(GROUP) == ["hi all"]
+
+
+async def test_group_flood_limit_per_minute(bot: Bot, tg: FakeTelegram) -> None:
+    tg.push_group_message(USER, GROUP, "hello")
+    tg.set_flood_limit(None, group_per_minute=3, minute=0.5, retry_after=1)
+    for n in range(3):
+        await bot.send_message(GROUP, str(n))
+    with pytest.raises(TelegramRetryAfter):
+        await bot.send_message(GROUP, "3")
+    await bot.send_message(USER, "private chats have no per-minute limit")
+    assert [(chat, method) for chat, method, _ in tg.flood_refusals] == [(GROUP, "sendmessage")]
+    await asyncio.sleep(1.05)  # the penalty and the window are over
+    await bot.send_message(GROUP, "3")
+    assert tg.texts(GROUP) == ["0", "1", "2", "3"]

@@ -66,8 +66,11 @@ Failures:
         Telegram does; html=True: the front end's nginx page, which aiogram cannot decode)
     outage(seconds, *, status=502, html=False) / end_outage() -- every request fails,
         waiting long polls too
-    set_flood_limit(per_second, *, retry_after=1, methods=(sends, edits, drafts)) -- more
-        than per_second calls per chat within a second gives 429 until retry_after has passed
+    set_flood_limit(per_second, *, retry_after=1, methods=(sends, edits, drafts),
+        group_per_minute=None, minute=60.0) -- more than per_second calls per chat within a
+        second, or (groups: negative chat ids) more than group_per_minute within `minute`
+        seconds, gives 429 until retry_after has passed; each refusal is appended to
+        flood_refusals as (chat_id, method, time)
     disable_method(name) / enable_method(name) -- e.g. a Bot API server without drafts
 
     async wait_for(predicate, timeout=10.0) -- awaits predicate() truthy, returns its value,
@@ -93,6 +96,7 @@ import json
 import math
 import re
 import time
+import urllib.parse
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -195,6 +199,15 @@ class BotMessage:
     deleted: bool = False
 
 
+@dataclass(frozen=True)
+class _Flood:
+    per_second: int | None
+    retry_after: int
+    methods: frozenset[str]
+    group_per_minute: int | None
+    minute: float
+
+
 @dataclass
 class _Failure:
     status: int
@@ -204,7 +217,7 @@ class _Failure:
 
 
 def utf16_len(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
 class _TelegramHTML(HTMLParser):
@@ -346,7 +359,7 @@ class FakeTelegram:
 
     def __init__(
         self,
-        token: str = "123456789:AAE-fake-token-for-domovoy-tests-0123",
+        token: str = "123456789:AAE-fake-token-for-domovoy-tests-01",
         *,
         bot_username: str = "domovoy_test_bot",
         bot_name: str = "Домовой",
@@ -385,7 +398,8 @@ class FakeTelegram:
         self._outage_status = 502
         self._outage_html = False
         self._disabled: set[str] = set()
-        self._flood: tuple[int, int, frozenset[str]] | None = None
+        self._flood: _Flood | None = None
+        self.flood_refusals: list[tuple[int, str, float]] = []  # (chat_id, method, when)
         self._flood_times: dict[int, deque[float]] = defaultdict(deque)
         self._flood_until: dict[int, float] = {}
         # Telegram's method names are case-insensitive; each one is a `_m_<name>` method below.
@@ -614,9 +628,14 @@ class FakeTelegram:
         *,
         retry_after: int = 1,
         methods: Iterable[str] = ("sendMessage", "editMessageText", "sendMessageDraft"),
+        group_per_minute: int | None = None,
+        minute: float = 60.0,
     ) -> None:
         names = frozenset(m.lower() for m in methods)
-        self._flood = None if per_second is None else (per_second, retry_after, names)
+        if per_second is None and group_per_minute is None:
+            self._flood = None
+            return
+        self._flood = _Flood(per_second, retry_after, names, group_per_minute, minute)
 
     def disable_method(self, name: str) -> None:
         self._disabled.add(name.lower())
@@ -649,6 +668,8 @@ class FakeTelegram:
             if handler is None or method.lower() in self._disabled:
                 raise ApiError(404, "Not Found")
             call.params = params = await _read_params(request)
+            if _has_lone_surrogate(params):
+                raise bad_request("strings must be encoded in UTF-8")
             self._check_failures(call.method.lower(), params)
             result = handler(params)
             if asyncio.iscoroutine(result):
@@ -672,9 +693,9 @@ class FakeTelegram:
                 default = _default_description(failure.status, failure.retry_after)
                 description = failure.description or default
                 raise ApiError(failure.status, description, failure.retry_after, failure.html)
-        if self._flood is None or method not in self._flood[2]:
+        flood = self._flood
+        if flood is None or method not in flood.methods:
             return
-        limit, retry_after, _ = self._flood
         chat_id, now = params.get("chat_id"), time.monotonic()
         if not isinstance(chat_id, int):
             return
@@ -682,11 +703,19 @@ class FakeTelegram:
             wait = math.ceil(self._flood_until[chat_id] - now)
             raise ApiError(429, f"Too Many Requests: retry after {wait}", wait)
         times = self._flood_times[chat_id]
-        while times and times[0] <= now - 1.0:
+        window = flood.minute if chat_id < 0 and flood.group_per_minute else 1.0
+        while times and times[0] <= now - window:
             times.popleft()
-        if len(times) >= limit:
-            self._flood_until[chat_id] = now + retry_after
-            raise ApiError(429, f"Too Many Requests: retry after {retry_after}", retry_after)
+        last_second = sum(1 for t in times if t > now - 1.0)
+        too_many = flood.per_second is not None and last_second >= flood.per_second
+        if chat_id < 0 and flood.group_per_minute is not None:
+            too_many = too_many or len(times) >= flood.group_per_minute
+        if too_many:
+            self._flood_until[chat_id] = now + flood.retry_after
+            self.flood_refusals.append((chat_id, method, now))
+            raise ApiError(
+                429, f"Too Many Requests: retry after {flood.retry_after}", flood.retry_after
+            )
         times.append(now)
 
     def _check_outage(self) -> None:
@@ -866,6 +895,9 @@ class FakeTelegram:
         if isinstance(chat_id, str):  # "@username"
             found = [c for c in self._chats.values() if f"@{c.get('username')}" == chat_id]
             chat_id = found[0]["id"] if found else 0
+        if chat_id not in self._chats and chat_id in self._users:
+            # A user seen only in groups never started the bot: it may not write to them.
+            raise ApiError(403, "Forbidden: bot can't initiate conversation with a user")
         if chat_id not in self._chats:
             raise bad_request("chat not found")
         if chat_id in self._blocked:
@@ -1004,6 +1036,12 @@ async def _read_params(request: web.Request) -> JSON:
     if request.content_type == "application/json":
         body = await request.json()
         raw.update(body if isinstance(body, dict) else {})
+    elif request.content_type == "application/x-www-form-urlencoded":
+        body = (await request.read()).decode("latin-1")
+        try:  # strictly: aiohttp would put U+FFFD where Telegram refuses invalid UTF-8
+            raw.update(urllib.parse.parse_qsl(body, keep_blank_values=True, errors="strict"))
+        except UnicodeDecodeError:
+            raise bad_request("strings must be encoded in UTF-8") from None
     elif request.method == "POST":
         for key, value in (await request.post()).items():
             raw[key] = (
@@ -1025,6 +1063,18 @@ async def _read_params(request: web.Request) -> JSON:
         else:
             params[key] = value
     return params
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Telegram wants valid UTF-8: a lone UTF-16 surrogate (possible in JSON as an escape like
+    \\ud800) is refused like invalid bytes."""
+    if isinstance(value, str):
+        return any("\ud800" <= char <= "\udfff" for char in value)
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
 
 
 def _default_description(status: int, retry_after: int | None) -> str:
