@@ -28,7 +28,8 @@ def chat(
     settings = Settings()
     if model is not None:
         settings = settings.model_copy(update={"model_path": model})
-    setup_logging("WARNING" if settings.log_level.upper() == "INFO" else settings.log_level)
+    level = "WARNING" if settings.log_level.upper() == "INFO" else settings.log_level
+    setup_logging(level, log_message_text=settings.log_message_text)
     try:
         model_path(settings)
         asyncio.run(_chat(settings, english=os.environ.get("LANG", "").startswith("en")))
