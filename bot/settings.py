@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     admin_users: Annotated[list[str], NoDecode] = Field(default_factory=list)
     stream_edit_interval: float = Field(default=1.0, gt=0.0)
     use_drafts: bool = True
+    # Telegram's flood limits, kept per chat by bot/telegram/sender.py for every send and edit.
+    chat_message_interval: float = Field(default=1.0, ge=0.0)
+    group_messages_per_minute: int = Field(default=20, ge=1)
 
     # Hugging Face hub (huggingface_hub also reads HF_ENDPOINT itself).
     hf_token: SecretStr | None = None

@@ -27,6 +27,7 @@ from bot.telegram.middlewares.access import AccessMiddleware
 from bot.telegram.middlewares.database import DatabaseMiddleware
 from bot.telegram.middlewares.users import UserMiddleware
 from bot.telegram.reply import DraftSupport
+from bot.telegram.sender import TelegramSender
 from bot.telegram.texts import EN, RU
 from models.runtime.chat_model import ChatModel
 
@@ -45,6 +46,7 @@ class BotApp:
 
 def build_bot(settings: Settings) -> Bot:
     session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
+    session.middleware(TelegramSender.from_settings(settings))
     return Bot(bot_token(settings), session=session)
 
 
