@@ -30,9 +30,21 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+def readable_files(path: Path) -> Path:
+    """A database and its log as an older version left them: 0644."""
+    wal = Path(f"{path}-wal")
+    for file in (path, wal):
+        file.touch(mode=0o644)
+    return wal
+
+
+def exists(path: Path) -> bool:
+    return path.exists()
+
+
 async def test_a_new_database_and_its_folders_are_private(tmp_path: Path, umask_022: None) -> None:
     shared = tmp_path / "shared"
-    shared.mkdir(mode=0o755)
+    os.mkdir(shared, 0o755)
     data = shared / "home" / "data"
     db = create_engine(f"sqlite+aiosqlite:///{data / 'domovoy.db'}")
     try:
@@ -51,15 +63,14 @@ async def test_a_new_database_and_its_folders_are_private(tmp_path: Path, umask_
 
 async def test_an_older_readable_database_is_made_private(tmp_path: Path, umask_022: None) -> None:
     path = tmp_path / "domovoy.db"
-    path.touch(mode=0o644)
-    Path(f"{path}-wal").touch(mode=0o644)
+    wal = readable_files(path)
     db = create_engine(f"sqlite+aiosqlite:///{path}")
     try:
         await migrate(db)
     finally:
         await db.dispose()
     assert oct(mode(path)) == "0o600"
-    assert not Path(f"{path}-wal").exists() or oct(mode(Path(f"{path}-wal"))) == "0o600"
+    assert not exists(wal) or oct(mode(wal)) == "0o600"
 
 
 def test_kept_states_on_disk_are_private(tmp_path: Path, umask_022: None) -> None:

@@ -68,7 +68,7 @@ def build_app(
         access=access,
         drafts=DraftSupport(settings.use_drafts),
     )
-    dispatcher.update.outer_middleware(AccessMiddleware(access))
+    dispatcher.update.outer_middleware(AccessMiddleware(access, session_factory))
     dispatcher.update.outer_middleware(DatabaseMiddleware(session_factory))
     dispatcher.update.outer_middleware(UserMiddleware())
     dispatcher.include_routers(*build_routers())
