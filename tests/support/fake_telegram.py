@@ -45,6 +45,9 @@ Users and updates (each returns the Update dict it queued; chats become known th
     push_edited_message(chat_id, message_id, text)
     press_button(chat_id, message_id, *, text=None, data=None, user_id=None)
         -- callback_query from an inline button of a message the bot sent
+    push_burst(user_ids, per_user, *, text="{user}: message {n}", chat_id=None, first=0)
+        -- a flood: per_user numbered messages from each user, interleaved; in a group
+        (chat_id) each mentions the bot
     push_update(update)  -- anything else, raw; update_id is assigned
     block(user_id) -- the user blocked the bot: sends give 403 Forbidden
 
@@ -64,8 +67,11 @@ Failures:
         -- the next `count` calls of method ("*" = any) fail; 429 carries
         parameters.retry_after, 5xx answer JSON with the HTTP phrase ("Bad Gateway" for 502, as
         Telegram does; html=True: the front end's nginx page, which aiogram cannot decode)
-    outage(seconds, *, status=502, html=False) / end_outage() -- every request fails,
-        waiting long polls too
+    outage(seconds, *, status=502, html=False, start_in=0.0) / end_outage() -- every
+        request fails, waiting long polls too; start_in schedules the window for later;
+        `outages` lists each window as (start, end)
+    fail_every(method, every, *, status=429, retry_after=1) / stop_failing(method) -- every
+        every-th call of method ("*": any but getUpdates) fails, for long runs
     set_flood_limit(per_second, *, retry_after=1, methods=(sends, edits, drafts),
         group_per_minute=None, minute=60.0) -- more than per_second calls per chat within a
         second, or (groups: negative chat ids) more than group_per_minute within `minute`
@@ -394,7 +400,10 @@ class FakeTelegram:
         self._calls: list[Call] = []
         self._commands: dict[tuple[str, str], list[JSON]] = {}
         self._failures: dict[str, deque[_Failure]] = defaultdict(deque)
+        self._outage_from = 0.0
         self._outage_until = 0.0
+        self.outages: list[tuple[float, float]] = []  # (start, end) of each outage, monotonic
+        self._periodic: dict[str, tuple[int, _Failure, itertools.count[int]]] = {}
         self._outage_status = 502
         self._outage_html = False
         self._disabled: set[str] = set()
@@ -499,6 +508,29 @@ class FakeTelegram:
             reply_to_message_id=reply_to_message_id,
             **user,
         )
+
+    def push_burst(
+        self,
+        user_ids: Iterable[int],
+        per_user: int,
+        *,
+        text: str = "{user}: message {n}",
+        chat_id: int | None = None,
+        first: int = 0,
+    ) -> list[JSON]:
+        """`per_user` messages from each user, interleaved (user A's 0, user B's 0, A's 1, ...)
+        as a flood arrives; texts are `text.format(user=..., n=...)` with n counting from
+        `first`. In a group (`chat_id`), each mentions the bot. Returns the updates in order."""
+        users = list(user_ids)
+        updates = []
+        for n in range(first, first + per_user):
+            for user in users:
+                body = text.format(user=user, n=n)
+                if chat_id is None:
+                    updates.append(self.push_message(user, body))
+                else:
+                    updates.append(self.push_group_message(user, chat_id, body, mention=True))
+        return updates
 
     def push_photo(self, user_id: int, *, caption: str | None = None, **kw: Any) -> JSON:
         sizes = [self._file(w, width=w, height=w * 3 // 4, file_size=w * 60) for w in (90, 800)]
@@ -614,13 +646,40 @@ class FakeTelegram:
         failure = _Failure(status, retry_after if status == 429 else None, description, html)
         self._failures[method.lower()].extend([failure] * count)
 
-    def outage(self, seconds: float, *, status: int = 502, html: bool = False) -> None:
-        self._outage_until, self._outage_status = time.monotonic() + seconds, status
-        self._outage_html = html
+    def outage(
+        self, seconds: float, *, status: int = 502, html: bool = False, start_in: float = 0.0
+    ) -> None:
+        start = time.monotonic() + start_in
+        self._outage_from, self._outage_until = start, start + seconds
+        self._outage_status, self._outage_html = status, html
+        self.outages.append((start, start + seconds))
+        if start_in > 0:
+            asyncio.get_running_loop().call_later(start_in, self._notify)
         self._notify()  # waiting long polls fail too, as their connections would
 
     def end_outage(self) -> None:
         self._outage_until = 0.0
+        if self.outages:
+            self.outages[-1] = (self.outages[-1][0], time.monotonic())
+
+    def fail_every(
+        self,
+        method: str,
+        every: int,
+        *,
+        status: int = 429,
+        retry_after: int = 1,
+        description: str | None = None,
+    ) -> None:
+        """Every `every`-th call of `method` ("*" = any but getUpdates) fails, until
+        stop_failing(method): steady fault injection for long runs."""
+        if every < 1:
+            raise ValueError("every must be at least 1")
+        failure = _Failure(status, retry_after if status == 429 else None, description, False)
+        self._periodic[method.lower()] = (every, failure, itertools.count(1))
+
+    def stop_failing(self, method: str) -> None:
+        self._periodic.pop(method.lower(), None)
 
     def set_flood_limit(
         self,
@@ -688,6 +747,13 @@ class FakeTelegram:
     def _check_failures(self, method: str, params: JSON) -> None:
         self._check_outage()
         for key in (method, "*"):
+            periodic = self._periodic.get(key)
+            if periodic is not None and not (key == "*" and method == "getupdates"):
+                every, failure, counter = periodic
+                if next(counter) % every == 0:
+                    default = _default_description(failure.status, failure.retry_after)
+                    description = failure.description or default
+                    raise ApiError(failure.status, description, failure.retry_after)
             if self._failures[key]:
                 failure = self._failures[key].popleft()
                 default = _default_description(failure.status, failure.retry_after)
@@ -719,7 +785,7 @@ class FakeTelegram:
         times.append(now)
 
     def _check_outage(self) -> None:
-        if time.monotonic() < self._outage_until:
+        if self._outage_from <= time.monotonic() < self._outage_until:
             status = self._outage_status
             raise ApiError(status, HTTPStatus(status).phrase, html=self._outage_html)
 
