@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -53,6 +54,11 @@ async def _chat(settings: Settings, *, english: bool) -> None:
         chat_model = await asyncio.to_thread(load_model, settings)
         try:
             service = ChatService(chat_model, system_prompt=settings.system_prompt, log_text=False)
+            # Bytes that are not UTF-8 are kept (as lone surrogates, which the storage takes)
+            # rather than ending the chat, and shown back as "?".
+            for stream, errors in ((sys.stdin, "surrogateescape"), (sys.stdout, "replace")):
+                if isinstance(stream, io.TextIOWrapper):
+                    stream.reconfigure(errors=errors)
             console = Console(
                 service, create_session_factory(db), EN if english else RU, sys.stdout
             )
