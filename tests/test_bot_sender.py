@@ -116,3 +116,22 @@ async def test_lone_surrogates_go_out_as_replacement_marks(tg: FakeTelegram) -> 
         await bot.session.close()
     assert tg.texts(OWNER) == ["a\ufffdb 😀"]
     assert sent.entities is not None and sent.entities[0].length == 3  # UTF-16 length kept
+
+
+async def test_a_draft_refused_with_429_is_not_sent_stale_but_the_chat_waits(
+    tg: FakeTelegram,
+) -> None:
+    bot = sending_bot(tg, TelegramSender())
+    try:
+        tg.fail_next("sendMessageDraft", retry_after=1)
+        with pytest.raises(TelegramRetryAfter):
+            await bot.send_message_draft(OWNER, draft_id=7, text="устаревший черновик")
+        await bot.send_message(OWNER, "готовый ответ")
+    finally:
+        await bot.session.close()
+    (draft,) = tg.calls("sendMessageDraft")
+    assert draft.status == 429 and tg.drafts(OWNER) == []
+    # The message waited out the chat's penalty (1 s; 0.1 s of room for the loopback).
+    (send,) = tg.calls("sendMessage")
+    assert send.status == 200 and send.at - draft.at >= 0.9
+    assert tg.texts(OWNER) == ["готовый ответ"]

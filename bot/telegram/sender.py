@@ -43,6 +43,9 @@ RETRY_PATIENCE = 120.0
 # Telegram shows a chat action for 5 seconds, or until the bot's next message in the chat.
 ACTION_SHOWN = 4.5
 ACTION_MIN_GAP = 1.0
+# A draft (the streamed preview) or a chat action refused with 429 is not sent again after
+# the wait: it would show something already out of date. The chat still waits out the 429.
+EPHEMERAL = frozenset(("sendMessageDraft", "sendChatAction"))
 MAX_CHATS = 1000  # past this many, chats idle for the limits' window are forgotten
 
 
@@ -190,6 +193,10 @@ class TelegramSender(BaseRequestMiddleware):
                 return await make_request(bot, method)
             except TelegramRetryAfter as exc:
                 resume = self._clock() + exc.retry_after
+                if chat is not None:
+                    chat.blocked_until = max(chat.blocked_until, resume)
+                if method.__api_method__ in EPHEMERAL:
+                    raise  # stale by then: the caller sends a newer one when its turn comes
                 if resume > give_up:
                     logger.warning(
                         "Telegram asked to wait %d s before %s; giving up after %.0f s",
@@ -201,8 +208,6 @@ class TelegramSender(BaseRequestMiddleware):
                 logger.info(
                     "Telegram asked to wait %d s before %s", exc.retry_after, method.__api_method__
                 )
-                if chat is not None:
-                    chat.blocked_until = max(chat.blocked_until, resume)
                 await asyncio.sleep(max(0.0, resume - self._clock()))
 
 
