@@ -125,11 +125,16 @@ def _prepare_sqlite_file(url: URL) -> URL:
     make_private_dir(path.parent)
     # The file holds people's conversations: owner only, whatever the umask. SQLite gives its
     # -wal and -shm files the database file's permissions, so creating it first covers them.
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
-        with contextlib.suppress(FileNotFoundError):
+        try:
             if name.stat().st_mode & 0o077:
                 name.chmod(0o600)  # left readable by an older version
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # not the owner, a read-only file system: say so, go on
+            logger.warning("%s stays readable by others: %s", name, exc)
     return url.set(database=str(path))
 
 
