@@ -65,6 +65,19 @@ async def test_four_users_in_a_group_keep_to_the_chats_flood_limits(
         assert all(b.at - a.at >= 0.9 for a, b in itertools.pairwise(actions))
 
 
+async def test_a_flood_of_queued_messages_shows_one_typing_indicator(
+    chat_model: ChatModel, tmp_path: Path
+) -> None:
+    async with running_bot(chat_model, tmp_path) as bot:
+        bot.tg.push_burst([OWNER], 10)  # each queued reply runs its own typing loop
+        await bot.wait_reply(OWNER, 10, within=120)
+        actions = bot.tg.calls("sendChatAction")
+        assert actions
+        assert all(b.at - a.at >= 0.9 for a, b in itertools.pairwise(actions))
+        sends = [c for c in bot.tg.calls("sendMessage") if c.status == 200]
+        assert all(b.at - a.at >= 0.9 for a, b in itertools.pairwise(sends))
+
+
 @pytest.fixture
 async def tg() -> AsyncIterator[FakeTelegram]:
     async with FakeTelegram() as server:
