@@ -31,7 +31,7 @@ async def _main() -> None:
     from bot.settings import Settings
 
     settings = Settings()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, log_message_text=settings.log_message_text)
     # Cheap checks before the slow imports: a missing token must not wait for the model.
     preflight.check(settings)
     stop = asyncio.Event()

@@ -3,6 +3,7 @@ must end the start at once with one sentence of what to set."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from bot.settings import Settings
@@ -13,6 +14,10 @@ class StartupError(Exception):
     """A one-sentence reason the bot cannot start, meant for the operator."""
 
 
+# What @BotFather hands out: the bot's numeric id, a colon, 35 characters of URL-safe base64.
+TOKEN_FORMAT = re.compile(r"[0-9]{1,20}:[A-Za-z0-9_-]{35}")
+
+
 def bot_token(settings: Settings) -> str:
     token = (
         settings.telegram.bot_token.get_secret_value().strip()
@@ -21,6 +26,12 @@ def bot_token(settings: Settings) -> str:
     )
     if not token:
         raise StartupError("BOT_TOKEN is not set: put the token from @BotFather into BOT_TOKEN.")
+    if TOKEN_FORMAT.fullmatch(token) is None:
+        # The token itself is never printed: it is a password.
+        raise StartupError(
+            "BOT_TOKEN is not a bot token (digits, a colon and 35 letters, digits, - or _): "
+            "copy it from @BotFather again."
+        )
     return token
 
 

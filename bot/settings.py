@@ -54,6 +54,9 @@ class TelegramSettings(BaseModel):
     admin_users: Annotated[list[str], NoDecode] = Field(default_factory=list)
     stream_edit_interval: float = Field(default=1.0, gt=0.0)
     use_drafts: bool = True
+    # Telegram's flood limits, kept per chat by bot/telegram/sender.py for every send and edit.
+    chat_message_interval: float = Field(default=1.0, ge=0.0)
+    group_messages_per_minute: int = Field(default=20, ge=1)
 
     @field_validator("allowed_users", "admin_users", mode="before")
     @classmethod

@@ -6,7 +6,9 @@ DATABASE_URL may point at PostgreSQL (postgresql+asyncpg://...) as well.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -120,8 +122,35 @@ def _prepare_sqlite_file(url: URL) -> URL:
     if not database or database == ":memory:" or database.startswith("file:"):
         return url
     path = Path(database).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)
+    # The file holds people's conversations: owner only, whatever the umask. SQLite gives its
+    # -wal and -shm files the database file's permissions, so creating it first covers them.
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+        try:
+            if name.stat().st_mode & 0o077:
+                name.chmod(0o600)  # left readable by an older version
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # not the owner, a read-only file system: say so, go on
+            logger.warning("%s stays readable by others: %s", name, exc)
     return url.set(database=str(path))
+
+
+def make_private_dir(path: Path) -> None:
+    """Create `path` and any missing parents as 0700 (an umask can only take bits away from
+    mkdir's mode, but an odd one like 0277 would take the owner's too). Existing folders are
+    left as they are: they may be shared on purpose, like /tmp."""
+    missing: list[Path] = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process was first
+            folder.mkdir(mode=0o700)
+            folder.chmod(0o700)
 
 
 def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:

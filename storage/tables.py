@@ -108,3 +108,17 @@ class TelegramMessage(Base):
     telegram_message_id: Mapped[int] = mapped_column(BigInteger)
 
     __table_args__ = (Index("ix_telegram_messages_telegram_message_id", "telegram_message_id"),)
+
+
+class UsernameBinding(Base):
+    """An @username from ALLOWED_USERS or ADMIN_USERS, bound to the first account seen with it:
+    the name grants access to that account only, even after a rename. No foreign key: /forget
+    deletes a user's conversations, not the operator's access list."""
+
+    __tablename__ = "username_bindings"
+
+    username: Mapped[str] = mapped_column(ExactText, primary_key=True)  # lower case, no "@"
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    bound_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_username_bindings_user_id", "user_id"),)

@@ -45,12 +45,14 @@ def test_markdown_becomes_escaped_telegram_html() -> None:
 
 def test_access_lists_take_ids_and_usernames() -> None:
     policy = AccessPolicy.from_lists(["123", " @Alice ", "bob_2"], ["@Admin"])
-    assert policy.is_allowed(123, None) and policy.is_allowed(5, "alice")
-    assert policy.is_allowed(6, "BOB_2") and policy.is_allowed(7, "admin")
-    assert policy.is_admin(7, "Admin") and not policy.is_admin(123, None)
-    assert not policy.is_allowed(8, "mallory") and not policy.is_allowed(9, None)
+    assert policy.usernames == {"alice", "bob_2", "admin"}
+    # Names count only as bound to an account (the middleware binds them in the database).
+    assert policy.is_allowed(123) and policy.is_allowed(5, {"alice"})
+    assert policy.is_allowed(6, {"bob_2"}) and policy.is_allowed(7, {"admin"})
+    assert policy.is_admin(7, {"admin"}) and not policy.is_admin(123)
+    assert not policy.is_allowed(8, {"mallory"}) and not policy.is_allowed(9)
     only_admins = AccessPolicy.from_lists([], ["42"])
-    assert only_admins.is_allowed(42, None) and not only_admins.is_allowed(43, None)
+    assert only_admins.is_allowed(42) and not only_admins.is_allowed(43)
     with pytest.raises(ValueError, match="neither a numeric"):
         AccessPolicy.from_lists(["@bad name!"], [])
 

@@ -19,6 +19,7 @@ from storage.records import MessageRecord
 from storage.repositories import ConversationRepository, MessageRepository
 
 OWNER = 1001
+WELL_FORMED_TOKEN = "999:" + "A" * 35
 # About 150 tokens a second here: a 1500-token reply takes ~10 s, so it is surely still being
 # written when the test interrupts it.
 SLOW_SHAPE = TinyModelShape(n_embd=512, n_head=8, n_layer=12, n_ff=2048)
@@ -167,8 +168,11 @@ async def test_kill_9_mid_reply_keeps_the_message_and_the_reply_so_far(
     ("settings", "expected"),
     [
         ({"MODEL_PATH": "{model}"}, "BOT_TOKEN is not set"),
-        ({"BOT_TOKEN": "1:abc"}, "MODEL_PATH is not set"),
-        ({"BOT_TOKEN": "1:abc", "MODEL_PATH": "{missing}"}, "does not exist"),
+        ({"BOT_TOKEN": WELL_FORMED_TOKEN}, "MODEL_PATH is not set"),
+        ({"BOT_TOKEN": WELL_FORMED_TOKEN, "MODEL_PATH": "{missing}"}, "does not exist"),
+        ({"BOT_TOKEN": "1:abc", "MODEL_PATH": "{model}"}, "BOT_TOKEN is not a bot token"),
+        ({"BOT_TOKEN": WELL_FORMED_TOKEN + "x", "MODEL_PATH": "{model}"}, "not a bot token"),
+        ({"BOT_TOKEN": "bot" + WELL_FORMED_TOKEN, "MODEL_PATH": "{model}"}, "not a bot token"),
     ],
 )
 async def test_missing_token_or_model_ends_with_one_sentence_and_exit_2(
@@ -184,6 +188,8 @@ async def test_missing_token_or_model_ends_with_one_sentence_and_exit_2(
     assert process.returncode == 2
     assert len(lines) == 1 and expected in lines[0], lines
     assert lines[0].endswith(".") and not stdout
+    # Refused before anything heavy: no database was created, no model was loaded.
+    assert not (tmp_path / "data").exists()
 
 
 async def test_domovoy_run_is_the_same_entry_point(tmp_path: Path) -> None:
@@ -209,7 +215,7 @@ async def test_a_token_telegram_rejects_ends_with_one_sentence(
 ) -> None:
     async with FakeTelegram() as tg:
         env = bot_env(
-            BOT_TOKEN="999:wrong-token",
+            BOT_TOKEN=WELL_FORMED_TOKEN,  # well-formed, but not the fake server's
             TELEGRAM_API_URL=tg.base_url,
             MODEL_PATH=str(tiny_gguf),
             DATA_DIR=str(tmp_path),

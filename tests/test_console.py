@@ -117,3 +117,27 @@ async def test_ctrl_c_stops_a_reply_without_quitting(tmp_path: Path) -> None:
     history, _, _ = await stored(tmp_path / "data")
     assert [(r.role, r.status) for r in history] == [("user", "complete"), ("bot", "partial")]
     assert history[1].text.strip() and history[1].text in output
+
+
+async def test_bytes_that_are_not_utf8_are_kept_and_shown_as_replacement_marks(
+    tiny_gguf: Path, tmp_path: Path
+) -> None:
+    """A strict UTF-8 terminal (C.UTF-8, not the C locale's lenient mode) sending bytes that
+    are not UTF-8: they are stored as lone surrogates, like the ones Telegram may deliver, and
+    every part of the chat takes them."""
+    script = "/system Ты \udcff кот\n/system\nПривет \udcfe мир\n".encode(errors="surrogateescape")
+    process = await asyncio.create_subprocess_exec(
+        *CLI,
+        env=console_env(tiny_gguf, tmp_path, MAX_NEW_TOKENS="20", LC_ALL="C.UTF-8"),
+        cwd=tmp_path,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(script), timeout=90)
+    assert process.returncode == 0, stderr.decode()
+    assert "Ты ? кот" in stdout.decode()
+    history, system_prompt, _ = await stored(tmp_path)
+    assert system_prompt == "Ты \udcff кот"
+    assert [(r.role, r.status) for r in history] == [("user", "complete"), ("bot", "complete")]
+    assert history[0].text == "Привет \udcfe мир"

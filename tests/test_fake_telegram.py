@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -424,3 +425,114 @@ async def test_wire_format_for_other_clients(tg: FakeTelegram) -> None:
             "parameters": {"retry_after": 7},
         },
     )
+
+
+async def test_lone_surrogates_are_delivered_but_refused_when_sent(tg: FakeTelegram) -> None:
+    """Updates may carry a lone UTF-16 surrogate (JSON escapes allow it); what the bot sends
+    must be valid UTF-8, as Telegram demands."""
+    update = tg.push_message(USER, "a \ud800 b /start")
+    assert update["message"]["entities"] == [{"type": "bot_command", "offset": 6, "length": 6}]
+    api = f"{tg.base_url}/bot{tg.token}"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{api}/getUpdates") as resp:
+            delivered = (await resp.json())["result"][0]["message"]["text"]
+        body = json.dumps({"chat_id": USER, "text": "x \ud800 y"})  # as the escape \\ud800
+        headers = {"Content-Type": "application/json"}
+        async with http.post(f"{api}/sendMessage", data=body, headers=headers) as resp:
+            refused = (resp.status, await resp.json())
+        form = f"chat_id={USER}&text=x+%ED%A0%80+y".encode()  # the surrogate's UTF-8 bytes
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        async with http.post(f"{api}/sendMessage", data=form, headers=headers) as resp:
+            raw = resp.status
+    assert delivered == "a \ud800 b /start"
+    assert refused == (
+        400,
+        {
+            "ok": False,
+            "error_code": 400,
+            "description": "Bad Request: strings must be encoded in UTF-8",
+        },
+    )
+    assert raw == 400
+    assert tg.texts(USER) == []
+
+
+async def test_a_user_seen_only_in_groups_cannot_be_written_to(bot: Bot, tg: FakeTelegram) -> None:
+    tg.push_group_message(77, GROUP, "hello")
+    with pytest.raises(TelegramForbiddenError, match="bot can't initiate conversation"):
+        await bot.send_message(77, "hi")
+    await bot.send_message(GROUP, "hi all")
+    assert tg.texts(GROUP) == ["hi all"]
+
+
+async def test_group_flood_limit_per_minute(bot: Bot, tg: FakeTelegram) -> None:
+    tg.push_group_message(USER, GROUP, "hello")
+    tg.set_flood_limit(None, group_per_minute=3, minute=0.5, retry_after=1)
+    for n in range(3):
+        await bot.send_message(GROUP, str(n))
+    with pytest.raises(TelegramRetryAfter):
+        await bot.send_message(GROUP, "3")
+    await bot.send_message(USER, "private chats have no per-minute limit")
+    assert [(chat, method) for chat, method, _ in tg.flood_refusals] == [(GROUP, "sendmessage")]
+    await asyncio.sleep(1.05)  # the penalty and the window are over
+    await bot.send_message(GROUP, "3")
+    assert tg.texts(GROUP) == ["0", "1", "2", "3"]
+
+
+async def test_a_burst_from_ten_users_arrives_interleaved_and_numbered(
+    bot: Bot, tg: FakeTelegram
+) -> None:
+    users = list(range(100, 110))
+    pushed = tg.push_burst(users, 3)
+    group = tg.push_burst(users[:2], 2, chat_id=GROUP, text="{user}/{n}", first=5)
+    updates = await bot.get_updates(offset=pushed[0]["update_id"], limit=100)
+    assert len(updates) == 30 + 4
+    ids = [u.update_id for u in updates]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    texts = [u.message.text for u in updates if u.message is not None]
+    assert texts[:11] == [f"{user}: message 0" for user in users] + ["100: message 1"]
+    assert [(u.message.from_user.id, u.message.text) for u in updates[-4:] if u.message] == [
+        (100, "@domovoy_test_bot 100/5"),
+        (101, "@domovoy_test_bot 101/5"),
+        (100, "@domovoy_test_bot 100/6"),
+        (101, "@domovoy_test_bot 101/6"),
+    ]
+    assert group[0]["message"]["entities"][0]["type"] == "mention"
+
+
+async def test_every_nth_call_fails_until_stopped(bot: Bot, tg: FakeTelegram) -> None:
+    tg.fail_every("sendMessage", 3, retry_after=4)
+    outcomes = []
+    for n in range(7):
+        try:
+            await bot.send_message(USER, str(n))
+            outcomes.append("ok")
+        except TelegramRetryAfter as exc:
+            outcomes.append(f"429/{exc.retry_after}")
+    assert outcomes == ["ok", "ok", "429/4", "ok", "ok", "429/4", "ok"]
+    await bot.get_me()  # other methods are untouched
+    tg.fail_every("*", 1, status=502)
+    with pytest.raises(TelegramServerError):
+        await bot.get_me()
+    assert await bot.get_updates(timeout=0) is not None  # polling is left alone by "*"
+    tg.stop_failing("*")
+    tg.stop_failing("sendMessage")
+    for n in range(3):
+        await bot.send_message(USER, f"again {n}")
+    assert tg.texts(USER)[-3:] == ["again 0", "again 1", "again 2"]
+
+
+async def test_a_scheduled_outage_window(bot: Bot, tg: FakeTelegram) -> None:
+    tg.outage(1.5, start_in=1.0)
+    ((start, end),) = tg.outages
+    assert round(end - start, 3) == 1.5
+    await bot.send_message(USER, "before")  # the window has not begun
+    poll = asyncio.create_task(bot.get_updates(offset=10**12, timeout=10))
+    await asyncio.sleep(start - time.monotonic() + 0.05)
+    with pytest.raises(TelegramServerError, match="Bad Gateway"):
+        await bot.send_message(USER, "during")
+    with pytest.raises(TelegramServerError):  # the waiting long poll failed when it began
+        await asyncio.wait_for(poll, 5.0)
+    await asyncio.sleep(end - time.monotonic() + 0.05)
+    await bot.send_message(USER, "after")
+    assert tg.texts(USER) == ["before", "after"]

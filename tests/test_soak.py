@@ -71,12 +71,17 @@ async def test_soak_with_faults_and_a_restart(short_model: ChatModel, tmp_path: 
             deadline = asyncio.get_running_loop().time() + 240
             while not await everything_answered():
                 if asyncio.get_running_loop().time() > deadline:
-                    summary = {}
+                    counts = {}
                     for user in USERS:
                         history = await bot.history(user)
-                        summary[user] = [(r.id, r.role, r.status, bool(r.text), r.telegram_message_ids) for r in history]
-                    Path("/tmp/soak.txt").write_text(repr(summary))
-                    raise AssertionError("not all answered in time")
+                        delivered = [
+                            r for r in history if r.role == "bot" and r.telegram_message_ids
+                        ]
+                        pending = [r for r in history if r.status == "pending"]
+                        counts[user] = (len(sent[user]), len(delivered), len(pending))
+                    raise AssertionError(
+                        f"not all answered in time (sent, answered, pending): {counts}"
+                    )
                 await asyncio.sleep(0.5)
             for user in USERS:
                 history = await bot.history(user)

@@ -685,7 +685,9 @@ async def test_migrate_builds_an_empty_database_and_is_idempotent(url: str) -> N
             "SELECT group_concat(name) FROM (SELECT name FROM sqlite_master "
             "WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name)",
         )
-        assert tables == "alembic_version,conversations,messages,telegram_messages,users"
+        assert tables == (
+            "alembic_version,conversations,messages,telegram_messages,username_bindings,users"
+        )
     finally:
         await engine.dispose()
 

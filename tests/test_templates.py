@@ -179,3 +179,19 @@ def test_gguf_embedded_template(tmp_path: Path) -> None:
 def test_template_tokens_missing_from_vocab(tokenizer: LlamaTokenizer) -> None:
     with pytest.raises(TemplateError, match="no special token"):
         tokenizer.token_id("<|not_a_token|>")
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_lone_surrogates_are_tokenized_as_replacement_marks(
+    name: str, tokenizer: LlamaTokenizer
+) -> None:
+    """The storage keeps lone UTF-16 surrogates exactly; the model sees U+FFFD for each, and a
+    surrogate pair split into two code points is read as the character it encodes."""
+    template = get_template(name)
+    lone = [ChatMessage("system", "Роль \udfff"), ChatMessage("user", "Привет \ud800 мир")]
+    shown = [ChatMessage("system", "Роль \ufffd"), ChatMessage("user", "Привет \ufffd мир")]
+    assert template.encode(lone, tokenizer) == template.encode(shown, tokenizer)
+    pair = [ChatMessage("user", "смайл \ud83d\ude00")]
+    assert template.encode(pair, tokenizer) == template.encode(
+        [ChatMessage("user", "смайл 😀")], tokenizer
+    )

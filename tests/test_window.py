@@ -219,3 +219,32 @@ def test_a_long_history_costs_what_is_kept_not_its_whole_length(
     whole = sum(len(m.content) for m in messages)
     assert whole > 200 * kept
     assert counting.characters < 30 * kept
+
+
+def test_lone_surrogates_in_any_message_fit_like_replacement_marks(
+    tokenizer: LlamaTokenizer,
+) -> None:
+    """The storage accepts lone UTF-16 surrogates, so the window (its turn-length memory hashes
+    each turn's text) must too, on every path: sliding, dropping turns, cutting the newest."""
+
+    def replaced(messages: list[ChatMessage]) -> list[ChatMessage]:
+        return [ChatMessage(m.role, m.content.replace("\ud800", "\ufffd")) for m in messages]
+
+    messages = history(30)
+    messages[0] = ChatMessage("user", "Первый \ud800 вопрос")
+    messages[1] = ChatMessage("bot", "Ответ \ud800")
+    messages[-1] = ChatMessage("user", "Последний \ud800 вопрос")
+    for watermark in (0.5, 1.0):
+        slider = Window(
+            get_template("gigasaiga"),
+            tokenizer,
+            n_ctx=512,
+            reserve=RESERVE,
+            low_watermark=watermark,
+        )
+        result = slider.fit(SYSTEM, messages)
+        assert result.messages[-1] == messages[-1]  # the text itself is kept as stored
+        assert result.tokens == slider.fit(SYSTEM, replaced(messages)).tokens
+    giant = [ChatMessage("user", "Длинно \ud800 " * 400)]
+    cut = window(tokenizer, 256).fit(SYSTEM, giant)
+    assert cut.truncated_last and "\ud800" in cut.messages[0].content

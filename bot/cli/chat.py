@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -31,7 +32,8 @@ def chat(
     settings = load_settings()
     if model is not None:
         settings.model.model_path = model
-    setup_logging("WARNING" if settings.log_level.upper() == "INFO" else settings.log_level)
+    level = "WARNING" if settings.log_level.upper() == "INFO" else settings.log_level
+    setup_logging(level, log_message_text=settings.log_message_text)
     try:
         model_path(settings)
         asyncio.run(_chat(settings, english=os.environ.get("LANG", "").startswith("en")))
@@ -45,6 +47,11 @@ async def _chat(settings: Settings, *, english: bool) -> None:
     from bot.lifecycle import open_services
     from bot.telegram.texts import EN, RU
 
+    # Bytes that are not UTF-8 are kept (as lone surrogates, which the storage takes) rather
+    # than ending the chat, and shown back as "?".
+    for stream, errors in ((sys.stdin, "surrogateescape"), (sys.stdout, "replace")):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors=errors)
     # The terminal shows what is typed; the log needs no copy of it.
     async with open_services(settings, log_text=False) as services:
         console = Console(services.chat, services.sessions, EN if english else RU, sys.stdout)

@@ -1,9 +1,15 @@
-"""Who may use the bot: ALLOWED_USERS and ADMIN_USERS hold numeric ids or @usernames."""
+"""Who may use the bot: ALLOWED_USERS and ADMIN_USERS hold numeric ids or @usernames.
+
+A Telegram username can be given up and taken by someone else, so a listed @username grants
+access to the first account seen with it only: the middleware binds the name to that account's
+numeric id in the database and passes the names bound to an account as `bound_names`. The
+account keeps access after a rename; a later holder of the name gets nothing.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
@@ -37,10 +43,8 @@ class UserList:
     def __bool__(self) -> bool:
         return bool(self.ids or self.usernames)
 
-    def contains(self, user_id: int, username: str | None) -> bool:
-        if user_id in self.ids:
-            return True
-        return username is not None and username.lower() in self.usernames
+    def contains(self, user_id: int, bound_names: Collection[str] = ()) -> bool:
+        return user_id in self.ids or any(name in self.usernames for name in bound_names)
 
 
 @dataclass(frozen=True)
@@ -52,12 +56,16 @@ class AccessPolicy:
     def from_lists(cls, allowed: Iterable[str], admins: Iterable[str]) -> AccessPolicy:
         return cls(UserList.parse(allowed), UserList.parse(admins))
 
-    def is_admin(self, user_id: int, username: str | None) -> bool:
-        return self.admins.contains(user_id, username)
+    @property
+    def usernames(self) -> frozenset[str]:
+        return self.allowed.usernames | self.admins.usernames
 
-    def is_allowed(self, user_id: int, username: str | None) -> bool:
+    def is_admin(self, user_id: int, bound_names: Collection[str] = ()) -> bool:
+        return self.admins.contains(user_id, bound_names)
+
+    def is_allowed(self, user_id: int, bound_names: Collection[str] = ()) -> bool:
         # Admins are always served; with no ALLOWED_USERS, only they are.
-        return self.is_admin(user_id, username) or self.allowed.contains(user_id, username)
+        return self.is_admin(user_id, bound_names) or self.allowed.contains(user_id, bound_names)
 
     def log_summary(self) -> None:
         if not self.allowed and not self.admins:

@@ -26,6 +26,7 @@ from bot.telegram.middlewares.ordering import OrderingMiddleware
 from bot.telegram.middlewares.storage_failures import StorageFailureMiddleware
 from bot.telegram.middlewares.users import UserMiddleware
 from bot.telegram.restart import answer_waiting_messages
+from bot.telegram.sender import TelegramSender
 from bot.telegram.texts import EN, RU
 from bot.telegram.typing_indicator import TypingIndicators
 
@@ -44,6 +45,7 @@ class BotApp:
 
 def build_bot(settings: Settings) -> Bot:
     session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram.telegram_api_url))
+    session.middleware(TelegramSender.from_settings(settings))
     return Bot(bot_token(settings), session=session)
 
 
@@ -61,8 +63,8 @@ def build_app(settings: Settings, services: Services, bot: Bot | None = None) ->
     )
     # The ordering middleware must come first: it takes each update's place in line.
     dispatcher.update.outer_middleware(OrderingMiddleware(TurnOrder(), services.chat))
-    dispatcher.update.outer_middleware(AccessMiddleware(access))
     dispatcher.update.outer_middleware(StorageFailureMiddleware())
+    dispatcher.update.outer_middleware(AccessMiddleware(access, services.sessions))
     dispatcher.update.outer_middleware(DatabaseMiddleware(services.sessions))
     dispatcher.update.outer_middleware(UserMiddleware())
     dispatcher.include_routers(*build_routers())

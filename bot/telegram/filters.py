@@ -29,8 +29,11 @@ def mention_of(message: Message, username: str | None) -> tuple[int, int] | None
     for entity in message.entities or message.caption_entities or []:
         if entity.type != MessageEntityType.MENTION:
             continue
-        # Entity offsets count UTF-16 code units.
-        piece = entity.extract_from(text)
+        # Entity offsets count UTF-16 code units; surrogatepass, unlike aiogram's
+        # extract_from, also takes a text with a lone surrogate, which a user may send.
+        units = text.encode("utf-16-le", "surrogatepass")
+        start_unit, end_unit = entity.offset * 2, (entity.offset + entity.length) * 2
+        piece = units[start_unit:end_unit].decode("utf-16-le", "surrogatepass")
         if piece.lower() == wanted:
             start = text.find(piece)
             return start, len(piece)

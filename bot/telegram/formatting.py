@@ -9,6 +9,7 @@ from chatgpt_md_converter import telegram_format
 # Telegram counts message length in UTF-16 code units after entity parsing.
 MESSAGE_LIMIT = 4096
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _SENTENCE_END = re.compile(r"[.!?…;](?:[\"»)\]]*)\s+")
 _FENCE = re.compile(r"^[ \t]*```[^\n`]*$", re.MULTILINE)
 FENCE_CLOSE = "\n```"
@@ -16,6 +17,16 @@ FENCE_CLOSE = "\n```"
 
 def utf16_len(text: str) -> int:
     return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def visible_text(text: str) -> str:
+    """`text` as Telegram accepts it: strings must be valid UTF-8, so a lone UTF-16 surrogate
+    (a user may send one, and the storage keeps it exactly) becomes U+FFFD, which shows as a
+    replacement mark; surrogate pairs are joined. The UTF-16 length, and so every entity
+    offset, stays the same."""
+    if _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def _prefix_within(text: str, limit: int) -> int:

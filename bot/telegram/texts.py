@@ -29,6 +29,8 @@ class Texts:
     forget_cancelled: str
     forget_not_yours: str
     access_closed: str  # {user_id}
+    access_closed_here: str  # in a group: the id is not for everyone's eyes
+    access_closed_sent: str  # in a group, when the id went to them privately
     only_text: str
     group_hello: str
     queue_position: str  # {ahead}
@@ -118,6 +120,11 @@ RU = Texts(
         "Доступ к этому боту закрыт. Ваш числовой id: {user_id} — "
         "владелец может добавить его в ALLOWED_USERS."
     ),
+    access_closed_here=(
+        "Доступ к этому боту закрыт. Напишите мне в личные сообщения, чтобы узнать, "
+        "что передать владельцу."
+    ),
+    access_closed_sent="Доступ к этому боту закрыт; подробности я отправил вам в личные сообщения.",
     only_text="Я понимаю только текст. Напишите, пожалуйста, словами.",
     group_hello=(
         "Всем привет! В группе я отвечаю, когда меня упоминают или отвечают на моё сообщение; "
@@ -201,6 +208,10 @@ EN = Texts(
         "Access to this bot is closed. Your numeric id is {user_id}; "
         "the owner can add it to ALLOWED_USERS."
     ),
+    access_closed_here=(
+        "Access to this bot is closed. Write to me privately to learn what to tell the owner."
+    ),
+    access_closed_sent="Access to this bot is closed; I have sent you the details privately.",
     only_text="I understand text only. Please write it in words.",
     group_hello=(
         "Hello everyone! In a group I answer when mentioned or replied to; "

@@ -6,6 +6,7 @@ the worker thread owns the generating context.
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Protocol
@@ -14,6 +15,16 @@ from llama_cpp import Llama
 
 from models.errors import ModelLoadError, TemplateError
 from models.files.gguf_info import check_gguf
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def well_formed(text: str) -> str:
+    """`text` with surrogate pairs joined and lone surrogates (which Telegram may deliver and
+    the storage keeps) replaced by U+FFFD, so the model sees a replacement character."""
+    if _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 class Tokenizer(Protocol):
@@ -51,7 +62,7 @@ class LlamaTokenizer:
     def encode(self, text: str, *, special: bool = False) -> list[int]:
         if not text:
             return []
-        data = text.encode("utf-8", errors="replace")
+        data = well_formed(text).encode("utf-8")
         return self._llama.tokenize(data, add_bos=False, special=special)
 
     def decode(self, tokens: list[int], *, special: bool = False) -> str:

@@ -192,7 +192,10 @@ class Window:
             # Keyed by a digest so that the text itself is not kept around.
             digest = hashlib.blake2b(digest_size=16)
             for message in turn:
-                digest.update(f"{message.role}\0{message.content}\0".encode())
+                # surrogatepass: a lone surrogate (storage keeps them) must hash, not raise.
+                digest.update(
+                    f"{message.role}\0{message.content}\0".encode("utf-8", "surrogatepass")
+                )
             key = digest.digest()
             if key not in self._costs:
                 if len(self._costs) >= MAX_REMEMBERED:

@@ -90,7 +90,7 @@ class StateCache:
         self.stats = CacheStats()
         if directory is not None:
             try:
-                directory.mkdir(parents=True, exist_ok=True)
+                _make_private_dir(directory)
                 self._scan()
             except OSError as exc:
                 logger.warning("Kept states stay in RAM: %s is not usable (%s).", directory, exc)
@@ -249,3 +249,14 @@ class StateCache:
         self.stats.disk_bytes = self._disk_used
         self.stats.ram_states = len(self._ram)
         self.stats.disk_states = len(self._disk)
+
+
+def _make_private_dir(path: Path) -> None:
+    """Create `path` and its missing parents as 0700 whatever the umask: kept states are
+    conversations in another form. (State files are 0600: mkstemp creates them so.) Existing
+    folders are left alone; they may be shared on purpose."""
+    missing = [folder for folder in (path, *path.parents) if not folder.exists()]
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(mode=0o700)
+            folder.chmod(0o700)

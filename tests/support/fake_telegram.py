@@ -45,6 +45,9 @@ Users and updates (each returns the Update dict it queued; chats become known th
     push_edited_message(chat_id, message_id, text)
     press_button(chat_id, message_id, *, text=None, data=None, user_id=None)
         -- callback_query from an inline button of a message the bot sent
+    push_burst(user_ids, per_user, *, text="{user}: message {n}", chat_id=None, first=0)
+        -- a flood: per_user numbered messages from each user, interleaved; in a group
+        (chat_id) each mentions the bot
     push_update(update)  -- anything else, raw; update_id is assigned
     block(user_id) -- the user blocked the bot: sends give 403 Forbidden
 
@@ -64,10 +67,16 @@ Failures:
         -- the next `count` calls of method ("*" = any) fail; 429 carries
         parameters.retry_after, 5xx answer JSON with the HTTP phrase ("Bad Gateway" for 502, as
         Telegram does; html=True: the front end's nginx page, which aiogram cannot decode)
-    outage(seconds, *, status=502, html=False) / end_outage() -- every request fails,
-        waiting long polls too
-    set_flood_limit(per_second, *, retry_after=1, methods=(sends, edits, drafts)) -- more
-        than per_second calls per chat within a second gives 429 until retry_after has passed
+    outage(seconds, *, status=502, html=False, start_in=0.0) / end_outage() -- every
+        request fails, waiting long polls too; start_in schedules the window for later;
+        `outages` lists each window as (start, end)
+    fail_every(method, every, *, status=429, retry_after=1) / stop_failing(method) -- every
+        every-th call of method ("*": any but getUpdates) fails, for long runs
+    set_flood_limit(per_second, *, retry_after=1, methods=(sends, edits, drafts),
+        group_per_minute=None, minute=60.0) -- more than per_second calls per chat within a
+        second, or (groups: negative chat ids) more than group_per_minute within `minute`
+        seconds, gives 429 until retry_after has passed; each refusal is appended to
+        flood_refusals as (chat_id, method, time)
     disable_method(name) / enable_method(name) -- e.g. a Bot API server without drafts
 
     async wait_for(predicate, timeout=10.0) -- awaits predicate() truthy, returns its value,
@@ -93,6 +102,7 @@ import json
 import math
 import re
 import time
+import urllib.parse
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -195,6 +205,15 @@ class BotMessage:
     deleted: bool = False
 
 
+@dataclass(frozen=True)
+class _Flood:
+    per_second: int | None
+    retry_after: int
+    methods: frozenset[str]
+    group_per_minute: int | None
+    minute: float
+
+
 @dataclass
 class _Failure:
     status: int
@@ -204,7 +223,7 @@ class _Failure:
 
 
 def utf16_len(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
 class _TelegramHTML(HTMLParser):
@@ -346,7 +365,7 @@ class FakeTelegram:
 
     def __init__(
         self,
-        token: str = "123456789:AAE-fake-token-for-domovoy-tests-0123",
+        token: str = "123456789:AAE-fake-token-for-domovoy-tests-01",
         *,
         bot_username: str = "domovoy_test_bot",
         bot_name: str = "Домовой",
@@ -381,11 +400,15 @@ class FakeTelegram:
         self._calls: list[Call] = []
         self._commands: dict[tuple[str, str], list[JSON]] = {}
         self._failures: dict[str, deque[_Failure]] = defaultdict(deque)
+        self._outage_from = 0.0
         self._outage_until = 0.0
+        self.outages: list[tuple[float, float]] = []  # (start, end) of each outage, monotonic
+        self._periodic: dict[str, tuple[int, _Failure, itertools.count[int]]] = {}
         self._outage_status = 502
         self._outage_html = False
         self._disabled: set[str] = set()
-        self._flood: tuple[int, int, frozenset[str]] | None = None
+        self._flood: _Flood | None = None
+        self.flood_refusals: list[tuple[int, str, float]] = []  # (chat_id, method, when)
         self._flood_times: dict[int, deque[float]] = defaultdict(deque)
         self._flood_until: dict[int, float] = {}
         # Telegram's method names are case-insensitive; each one is a `_m_<name>` method below.
@@ -485,6 +508,29 @@ class FakeTelegram:
             reply_to_message_id=reply_to_message_id,
             **user,
         )
+
+    def push_burst(
+        self,
+        user_ids: Iterable[int],
+        per_user: int,
+        *,
+        text: str = "{user}: message {n}",
+        chat_id: int | None = None,
+        first: int = 0,
+    ) -> list[JSON]:
+        """`per_user` messages from each user, interleaved (user A's 0, user B's 0, A's 1, ...)
+        as a flood arrives; texts are `text.format(user=..., n=...)` with n counting from
+        `first`. In a group (`chat_id`), each mentions the bot. Returns the updates in order."""
+        users = list(user_ids)
+        updates = []
+        for n in range(first, first + per_user):
+            for user in users:
+                body = text.format(user=user, n=n)
+                if chat_id is None:
+                    updates.append(self.push_message(user, body))
+                else:
+                    updates.append(self.push_group_message(user, chat_id, body, mention=True))
+        return updates
 
     def push_photo(self, user_id: int, *, caption: str | None = None, **kw: Any) -> JSON:
         sizes = [self._file(w, width=w, height=w * 3 // 4, file_size=w * 60) for w in (90, 800)]
@@ -600,13 +646,40 @@ class FakeTelegram:
         failure = _Failure(status, retry_after if status == 429 else None, description, html)
         self._failures[method.lower()].extend([failure] * count)
 
-    def outage(self, seconds: float, *, status: int = 502, html: bool = False) -> None:
-        self._outage_until, self._outage_status = time.monotonic() + seconds, status
-        self._outage_html = html
+    def outage(
+        self, seconds: float, *, status: int = 502, html: bool = False, start_in: float = 0.0
+    ) -> None:
+        start = time.monotonic() + start_in
+        self._outage_from, self._outage_until = start, start + seconds
+        self._outage_status, self._outage_html = status, html
+        self.outages.append((start, start + seconds))
+        if start_in > 0:
+            asyncio.get_running_loop().call_later(start_in, self._notify)
         self._notify()  # waiting long polls fail too, as their connections would
 
     def end_outage(self) -> None:
         self._outage_until = 0.0
+        if self.outages:
+            self.outages[-1] = (self.outages[-1][0], time.monotonic())
+
+    def fail_every(
+        self,
+        method: str,
+        every: int,
+        *,
+        status: int = 429,
+        retry_after: int = 1,
+        description: str | None = None,
+    ) -> None:
+        """Every `every`-th call of `method` ("*" = any but getUpdates) fails, until
+        stop_failing(method): steady fault injection for long runs."""
+        if every < 1:
+            raise ValueError("every must be at least 1")
+        failure = _Failure(status, retry_after if status == 429 else None, description, False)
+        self._periodic[method.lower()] = (every, failure, itertools.count(1))
+
+    def stop_failing(self, method: str) -> None:
+        self._periodic.pop(method.lower(), None)
 
     def set_flood_limit(
         self,
@@ -614,9 +687,14 @@ class FakeTelegram:
         *,
         retry_after: int = 1,
         methods: Iterable[str] = ("sendMessage", "editMessageText", "sendMessageDraft"),
+        group_per_minute: int | None = None,
+        minute: float = 60.0,
     ) -> None:
         names = frozenset(m.lower() for m in methods)
-        self._flood = None if per_second is None else (per_second, retry_after, names)
+        if per_second is None and group_per_minute is None:
+            self._flood = None
+            return
+        self._flood = _Flood(per_second, retry_after, names, group_per_minute, minute)
 
     def disable_method(self, name: str) -> None:
         self._disabled.add(name.lower())
@@ -649,6 +727,8 @@ class FakeTelegram:
             if handler is None or method.lower() in self._disabled:
                 raise ApiError(404, "Not Found")
             call.params = params = await _read_params(request)
+            if _has_lone_surrogate(params):
+                raise bad_request("strings must be encoded in UTF-8")
             self._check_failures(call.method.lower(), params)
             result = handler(params)
             if asyncio.iscoroutine(result):
@@ -667,14 +747,21 @@ class FakeTelegram:
     def _check_failures(self, method: str, params: JSON) -> None:
         self._check_outage()
         for key in (method, "*"):
+            periodic = self._periodic.get(key)
+            if periodic is not None and not (key == "*" and method == "getupdates"):
+                every, failure, counter = periodic
+                if next(counter) % every == 0:
+                    default = _default_description(failure.status, failure.retry_after)
+                    description = failure.description or default
+                    raise ApiError(failure.status, description, failure.retry_after)
             if self._failures[key]:
                 failure = self._failures[key].popleft()
                 default = _default_description(failure.status, failure.retry_after)
                 description = failure.description or default
                 raise ApiError(failure.status, description, failure.retry_after, failure.html)
-        if self._flood is None or method not in self._flood[2]:
+        flood = self._flood
+        if flood is None or method not in flood.methods:
             return
-        limit, retry_after, _ = self._flood
         chat_id, now = params.get("chat_id"), time.monotonic()
         if not isinstance(chat_id, int):
             return
@@ -682,15 +769,23 @@ class FakeTelegram:
             wait = math.ceil(self._flood_until[chat_id] - now)
             raise ApiError(429, f"Too Many Requests: retry after {wait}", wait)
         times = self._flood_times[chat_id]
-        while times and times[0] <= now - 1.0:
+        window = flood.minute if chat_id < 0 and flood.group_per_minute else 1.0
+        while times and times[0] <= now - window:
             times.popleft()
-        if len(times) >= limit:
-            self._flood_until[chat_id] = now + retry_after
-            raise ApiError(429, f"Too Many Requests: retry after {retry_after}", retry_after)
+        last_second = sum(1 for t in times if t > now - 1.0)
+        too_many = flood.per_second is not None and last_second >= flood.per_second
+        if chat_id < 0 and flood.group_per_minute is not None:
+            too_many = too_many or len(times) >= flood.group_per_minute
+        if too_many:
+            self._flood_until[chat_id] = now + flood.retry_after
+            self.flood_refusals.append((chat_id, method, now))
+            raise ApiError(
+                429, f"Too Many Requests: retry after {flood.retry_after}", flood.retry_after
+            )
         times.append(now)
 
     def _check_outage(self) -> None:
-        if time.monotonic() < self._outage_until:
+        if self._outage_from <= time.monotonic() < self._outage_until:
             status = self._outage_status
             raise ApiError(status, HTTPStatus(status).phrase, html=self._outage_html)
 
@@ -866,6 +961,9 @@ class FakeTelegram:
         if isinstance(chat_id, str):  # "@username"
             found = [c for c in self._chats.values() if f"@{c.get('username')}" == chat_id]
             chat_id = found[0]["id"] if found else 0
+        if chat_id not in self._chats and chat_id in self._users:
+            # A user seen only in groups never started the bot: it may not write to them.
+            raise ApiError(403, "Forbidden: bot can't initiate conversation with a user")
         if chat_id not in self._chats:
             raise bad_request("chat not found")
         if chat_id in self._blocked:
@@ -1004,6 +1102,12 @@ async def _read_params(request: web.Request) -> JSON:
     if request.content_type == "application/json":
         body = await request.json()
         raw.update(body if isinstance(body, dict) else {})
+    elif request.content_type == "application/x-www-form-urlencoded":
+        body = (await request.read()).decode("latin-1")
+        try:  # strictly: aiohttp would put U+FFFD where Telegram refuses invalid UTF-8
+            raw.update(urllib.parse.parse_qsl(body, keep_blank_values=True, errors="strict"))
+        except UnicodeDecodeError:
+            raise bad_request("strings must be encoded in UTF-8") from None
     elif request.method == "POST":
         for key, value in (await request.post()).items():
             raw[key] = (
@@ -1025,6 +1129,18 @@ async def _read_params(request: web.Request) -> JSON:
         else:
             params[key] = value
     return params
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Telegram wants valid UTF-8: a lone UTF-16 surrogate (possible in JSON as an escape like
+    \\ud800) is refused like invalid bytes."""
+    if isinstance(value, str):
+        return any("\ud800" <= char <= "\udfff" for char in value)
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
 
 
 def _default_description(status: int, retry_after: int | None) -> str:

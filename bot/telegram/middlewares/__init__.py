@@ -1,4 +1,4 @@
-"""Middlewares run for every update, in this order: ordering, access, storage failures,
+"""Middlewares run for every update, in this order: ordering, storage failures, access,
 database session, user record."""
 
 from collections.abc import Awaitable, Callable

@@ -1,4 +1,5 @@
-"""Refuse strangers before anything else runs: they get their numeric id and nothing more."""
+"""Refuse strangers before anything else runs: they learn their numeric id, privately, and
+nothing more. Listed @usernames are bound to the first account seen with them (see access.py)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,28 @@ from typing import Any
 from aiogram import BaseMiddleware, Bot
 from aiogram.enums import ChatType
 from aiogram.exceptions import TelegramAPIError
-from aiogram.types import CallbackQuery, Message, TelegramObject, Update, User
+from aiogram.types import CallbackQuery, TelegramObject, Update, User
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.telegram.access import AccessPolicy
 from bot.telegram.filters import is_addressed
 from bot.telegram.middlewares import Handler
-from bot.telegram.texts import texts_for
+from bot.telegram.texts import Texts, texts_for
+from storage.username_bindings import UsernameBindingRepository
 
 logger = logging.getLogger(__name__)
 
 
 class AccessMiddleware(BaseMiddleware):
-    def __init__(self, policy: AccessPolicy) -> None:
+    def __init__(
+        self,
+        policy: AccessPolicy,
+        session_factory: async_sessionmaker[AsyncSession] | None = None,
+    ) -> None:
+        if policy.usernames and session_factory is None:
+            raise ValueError("@usernames in the access lists need the database to bind them")
         self._policy = policy
+        self._session_factory = session_factory
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         user: User | None = data.get("event_from_user")
@@ -28,28 +38,67 @@ class AccessMiddleware(BaseMiddleware):
             return None  # channel posts and other bots: nothing to serve
         texts = texts_for(user.language_code)
         data["texts"] = texts
-        data["is_admin"] = self._policy.is_admin(user.id, user.username)
-        if self._policy.is_allowed(user.id, user.username):
+        names = await self._bound_names(user)
+        data["is_admin"] = self._policy.is_admin(user.id, names)
+        if self._policy.is_allowed(user.id, names):
             return await handler(event, data)
         logger.info("refused user %d", user.id)
-        bot: Bot = data["bot"]
-        text = texts.access_closed.format(user_id=user.id)
         assert isinstance(event, Update)
         try:
-            if event.message is not None and await self._should_answer(event.message, bot):
-                await event.message.answer(text)
-            elif event.callback_query is not None:
-                await _answer_callback(event.callback_query, text)
+            await _refuse(event, data["bot"], user, texts)
         except TelegramAPIError as exc:
             logger.warning("could not tell a stranger that access is closed: %s", exc)
         return None
 
-    @staticmethod
-    async def _should_answer(message: Message, bot: Bot) -> bool:
-        # In a group a stranger is answered only when talking to the bot.
-        if message.chat.type == ChatType.PRIVATE:
-            return True
-        return await is_addressed(message, bot)
+    async def _bound_names(self, user: User) -> frozenset[str]:
+        """The listed @usernames that belong to this account; binds its current name if it is
+        listed and nobody has it yet. Ids alone need no database."""
+        listed = self._policy.usernames
+        if not listed or self._session_factory is None or user.id in self._policy.admins.ids:
+            return frozenset()
+        current = user.username.lower() if user.username else None
+        async with self._session_factory() as session:
+            bindings = UsernameBindingRepository(session)
+            names = set(await bindings.names_of(user.id, listed))
+            if current in listed and current not in names:
+                holder = await bindings.bind(current, user.id)
+                await session.commit()
+                if holder == user.id:
+                    logger.info("Access: @%s is now bound to the account %d", current, user.id)
+                    names.add(current)
+                else:
+                    logger.warning(
+                        "Access: @%s belongs to the account %d; the account %d now using that "
+                        "name gets no access by it",
+                        current,
+                        holder,
+                        user.id,
+                    )
+        return frozenset(names)
+
+
+async def _refuse(event: Update, bot: Bot, user: User, texts: Texts) -> None:
+    with_id = texts.access_closed.format(user_id=user.id)
+    if event.callback_query is not None:
+        await _answer_callback(event.callback_query, with_id)  # an alert only they see
+        return
+    message = event.message
+    if message is None:
+        return
+    if message.chat.type == ChatType.PRIVATE:
+        await message.answer(with_id)
+        return
+    # In a group a stranger is answered only when talking to the bot, and their id is not
+    # posted for everyone to read: it goes to them privately, where Telegram allows that.
+    if not await is_addressed(message, bot):
+        return
+    try:
+        await bot.send_message(user.id, with_id)
+    except TelegramAPIError as exc:  # they never opened a chat with the bot
+        logger.info("no private message to %d (%s); answering in the group", user.id, exc)
+        await message.reply(texts.access_closed_here)
+        return
+    await message.reply(texts.access_closed_sent)
 
 
 async def _answer_callback(query: CallbackQuery, text: str) -> None:

@@ -8,11 +8,11 @@ from typing import Any
 
 from aiogram import BaseMiddleware
 from aiogram.exceptions import TelegramAPIError
-from aiogram.types import CallbackQuery, TelegramObject, Update
+from aiogram.types import CallbackQuery, TelegramObject, Update, User
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot.telegram.middlewares import Handler
-from bot.telegram.texts import Texts
+from bot.telegram.texts import Texts, texts_for
 from storage.errors import StorageError
 
 logger = logging.getLogger(__name__)
@@ -25,7 +25,8 @@ class StorageFailureMiddleware(BaseMiddleware):
         except (SQLAlchemyError, StorageError) as exc:
             # The exception's text names the failure; statement parameters stay hidden.
             logger.error("storage failed: %s", str(exc).splitlines()[0])
-            texts: Texts = data["texts"]
+            user: User | None = data.get("event_from_user")
+            texts: Texts = data.get("texts") or texts_for(user.language_code if user else None)
             assert isinstance(event, Update)
             try:
                 if event.message is not None:
