@@ -78,7 +78,11 @@ async def test_soak_with_faults_and_a_restart(short_model: ChatModel, tmp_path: 
                             r for r in history if r.role == "bot" and r.telegram_message_ids
                         ]
                         pending = [r for r in history if r.status == "pending"]
-                        counts[user] = (len(sent[user]), len(delivered), len(pending))
+                        lost = [
+                            (r.status, bool(r.text)) for r in history
+                            if r.role == "bot" and not r.telegram_message_ids
+                        ]
+                        counts[user] = (len(sent[user]), len(delivered), len(pending), lost)
                     raise AssertionError(
                         f"not all answered in time (sent, answered, pending): {counts}"
                     )

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
 
 from storage.errors import StorageError
 from storage.records import (
@@ -168,8 +167,8 @@ class MessageRepository:
 
     async def mark_pending_as_partial(self) -> int:
         """At start-up: replies left `pending` by a crashed or killed process become `partial`
-        (kept, never dropped), and a message whose reply got some text counts as answered.
-        Returns how many replies there were. Only for a single bot process."""
+        (kept, never dropped). Returns how many there were. Only for a single bot process.
+        Messages left `pending` stay so: the bot answers them after the restart."""
         replies = (
             update(Message)
             .where(Message.role == "bot", Message.status == "pending")
@@ -177,27 +176,7 @@ class MessageRepository:
             .returning(Message.id)
             .execution_options(**NO_SYNC)
         )
-        count = len((await self._session.execute(replies)).all())
-        later = aliased(Message)
-        answered = (
-            update(Message)
-            .where(
-                Message.role == "user",
-                Message.status == "pending",
-                select(later.id)
-                .where(
-                    later.conversation_id == Message.conversation_id,
-                    later.id > Message.id,
-                    later.role == "bot",
-                    later.text != "",
-                )
-                .exists(),
-            )
-            .values(status="complete")
-            .execution_options(**NO_SYNC)
-        )
-        await self._session.execute(answered)
-        return count
+        return len((await self._session.execute(replies)).all())
 
     async def mark_waiting(self, message_ids: Sequence[int]) -> None:
         """Messages the bot had no time to answer: `pending` until a restart answers them.
