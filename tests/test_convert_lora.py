@@ -554,8 +554,8 @@ def test_pissa_adapter_would_be_silently_wrong(
     """PiSSA moves each weight's principal part into the adapter: converted as a plain LoRA it
     is applied to the untouched base and the logits are far off. Refused; and the plain LoRA
     PEFT writes with path_initial_model_for_weight_conversion converts and matches."""
-    import peft
-    import transformers
+    peft: Any = pytest.importorskip("peft")
+    transformers: Any = pytest.importorskip("transformers")
     from hf_gpt2 import hf_logits, llama_logits
 
     hf_dir, base_gguf, _, tokenizer = hf_base
@@ -600,8 +600,8 @@ def test_pissa_adapter_would_be_silently_wrong(
 def test_alpha_pattern_matches_transformers_with_peft(
     tmp_path: Path, hf_base: tuple[Path, Path, Any, Any]
 ) -> None:
-    import peft
-    import transformers
+    peft: Any = pytest.importorskip("peft")
+    transformers: Any = pytest.importorskip("transformers")
     from hf_gpt2 import hf_logits, llama_logits
 
     hf_dir, base_gguf, _, tokenizer = hf_base
