@@ -39,7 +39,8 @@ class Settings(BaseSettings):
     lora_scale: float = 1.0
     template: str = "gigasaiga"
     system_prompt: str | None = None
-    n_ctx: int = Field(default=2048, ge=64)
+    # Unset: the model's trained context capped by this machine's RAM (models.files.context).
+    n_ctx: int | None = Field(default=None, ge=64)
     max_new_tokens: int = Field(default=512, ge=1)
     n_threads: int | None = Field(default=None, ge=1)
     n_batch: int = Field(default=512, ge=1)

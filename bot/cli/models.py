@@ -36,9 +36,15 @@ def _settings() -> Settings:
 def _entry_header(entry: ModelEntry) -> list[str]:
     flag = " (default)" if entry.default else ""
     kind = f"LoRA for {entry.base}" if entry.kind == "lora" else "GGUF"
+    tested = (
+        f"family tested on a stand-in ({entry.family})"
+        if entry.family
+        else "family not tested on a stand-in"
+    )
     return [
         f"{entry.name}{flag}  {entry.repo}",
-        f"  {kind}, template {entry.template}, context {entry.context_length}. {entry.notes}",
+        f"  {kind}, template {entry.template}, trained context {entry.context_length}; {tested}.",
+        f"  {entry.notes}",
     ]
 
 
@@ -69,8 +75,13 @@ def list_models() -> None:
     except HubUnreachable as exc:
         offline = str(exc)
 
+    context = (
+        f"N_CTX={settings.n_ctx}"
+        if settings.n_ctx is not None
+        else "the default N_CTX (trained context capped by RAM)"
+    )
     typer.echo(
-        f"RAM estimate = file size + KV cache for N_CTX={settings.n_ctx} + "
+        f"RAM estimate = file size + KV cache for {context} + "
         f"{human_size(RUNTIME_OVERHEAD)}; this machine has {human_size(ram)} of RAM."
     )
     if offline:
@@ -135,11 +146,24 @@ def info(
 ) -> None:
     """Read a GGUF header: architecture, context, parameters, quantization, template."""
     from models.errors import ModelError
+    from models.files.context import choose_n_ctx
     from models.files.gguf_info import read_gguf_info
 
     try:
         facts = read_gguf_info(path)
     except ModelError as exc:
         raise _fail(str(exc)) from None
-    for line in facts.lines():
+    lines = facts.lines()
+    try:
+        choice = choose_n_ctx(path, _settings().n_ctx)
+    except ModelError:
+        choice = None  # no context length in the header: the lines already say "unknown"
+    if choice is not None:
+        where = next(i for i, line in enumerate(lines) if line.startswith("KV cache:"))
+        limit = f"{choice.ram_limit} tokens" if choice.ram_limit else "unknown"
+        lines[where + 1 : where + 1] = [
+            f"RAM limit:       {limit} of context on this machine",
+            f"N_CTX here:      {choice.describe()}",
+        ]
+    for line in lines:
         typer.echo(line)

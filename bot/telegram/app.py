@@ -150,15 +150,20 @@ async def serve(app: BotApp, stop: asyncio.Event) -> None:
 def load_model(settings: Settings) -> ChatModel:
     """Blocking: reads the weights. Every failure becomes one sentence for the operator."""
     from models.errors import ModelError
+    from models.files.context import choose_n_ctx
     from models.runtime.chat_model import load_chat_model
     from models.runtime.engine import SamplingParams
     from models.runtime.loader import ModelConfig
     from models.runtime.state_cache import StateCacheConfig
 
     path = model_path(settings)
+    try:
+        n_ctx = choose_n_ctx(path, settings.n_ctx).n_ctx
+    except ModelError as exc:
+        raise StartupError(str(exc)) from exc
     config = ModelConfig(
         model_path=path,
-        n_ctx=settings.n_ctx,
+        n_ctx=n_ctx,
         n_threads=settings.n_threads,
         n_batch=settings.n_batch,
         n_gpu_layers=settings.n_gpu_layers,

@@ -29,6 +29,12 @@ LLAMA3_SPLIT = (
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+# Mistral Nemo's Tekken tokenizer (its tokenizer.json): case-aware words, digits one by one.
+TEKKEN_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 TokenizerKind = Literal["spm", "bpe"]
 
@@ -59,7 +65,19 @@ FAMILIES: dict[str, Family] = {
             bos="<s>",
             eos="</s>",
             special=("[INST]", "[/INST]"),
-            stands_for=("saiga-mistral-7b", "vikhr-7b-0.4", "saiga-nemo-12b", "vikhr-nemo-12b"),
+            stands_for=("saiga-mistral-7b", "vikhr-7b-0.4"),
+        ),
+        Family(
+            name="nemo-tekken",
+            arch="llama",
+            tokenizer="bpe",
+            bos="<s>",
+            eos="</s>",
+            special=("[INST]", "[/INST]"),
+            pre="tekken",
+            split=TEKKEN_SPLIT,
+            ignore_merges=True,
+            stands_for=("saiga-nemo-12b", "vikhr-nemo-12b"),
         ),
         Family(
             name="yandex-spm",
