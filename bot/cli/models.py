@@ -50,6 +50,7 @@ def _entry_header(entry: ModelEntry) -> list[str]:
 
 def list_models() -> None:
     """The known models, their quantizations with sizes, and which fit this machine's RAM."""
+    from models.files.context import auto_n_ctx
     from models.files.hub import (
         HubError,
         HubUnreachable,
@@ -109,9 +110,13 @@ def list_models() -> None:
         for quant in listing.quants:
             need = ram_estimate(entry, quant.size, settings.n_ctx)
             mark = "fits" if need <= ram else "too big for this RAM"
+            tokens = settings.n_ctx or auto_n_ctx(
+                entry.context_length, quant.size, entry.kv_bytes_per_token, ram
+            )
             typer.echo(
                 f"  {quant.quant:<8} {human_size(quant.size):>10}   "
-                f"RAM ~{human_size(need):>10}   {mark}"
+                f"RAM ~{human_size(need):>10} at N_CTX {min(tokens, entry.context_length)}"
+                f"   {mark}"
             )
 
 
