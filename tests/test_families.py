@@ -240,14 +240,50 @@ async def test_families_stream_a_reply(
     assert result.text == completion["choices"][0]["text"]  # type: ignore[index]
 
 
-def never(token: int) -> Callable[[npt.NDArray[np.intc], npt.NDArray[np.single]], Any]:
+def never(tokens: set[int]) -> Callable[[npt.NDArray[np.intc], npt.NDArray[np.single]], Any]:
     def processor(
         input_ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]
     ) -> npt.NDArray[np.single]:
-        scores[token] = -np.inf
+        scores[list(tokens)] = -np.inf
         return scores
 
     return processor
+
+
+def forcing(sequence: list[int]) -> Callable[[npt.NDArray[np.intc], npt.NDArray[np.single]], Any]:
+    step = {"i": 0}
+
+    def processor(
+        input_ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]
+    ) -> npt.NDArray[np.single]:
+        forced = np.full_like(scores, -np.inf)
+        forced[sequence[min(step["i"], len(sequence) - 1)]] = 0.0
+        step["i"] += 1
+        return forced
+
+    return processor
+
+
+async def test_families_reply_ends_at_any_end_of_generation_token(
+    stand_in: Callable[[str, str | None], StandIn],
+) -> None:
+    """A Qwen model may end with <|endoftext|> rather than <|im_end|>: both end the reply."""
+    model = stand_in("qwen3", None)
+    chat = await load(model, "chatml", 1024)
+    try:
+        words = chat.tokenizer.encode("Жили-были")
+        end = chat.tokenizer.token_id("<|endoftext|>")
+        assert end in chat.template.stop_token_ids(chat.tokenizer)
+        generation = chat.engine.submit(
+            chat.build_prompt(SYSTEM, HISTORY).tokens,
+            max_new_tokens=20,
+            logits_processor=forcing([*words, end, *words]),
+        )
+        result = await generation.result()
+    finally:
+        await chat.close()
+    assert result.finish_reason == "stop"
+    assert result.text == "Жили-были"
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
@@ -269,9 +305,9 @@ async def test_families_window_at_its_edge(
         fitted = chat.build_prompt(SYSTEM, HISTORY)
         assert fitted.dropped_turns == 0 and fitted.n_prompt == needed
         assert fitted.max_new_tokens == RESERVE
-        eos = next(iter(chat_template.stop_token_ids(tokenizer)))
+        stops = chat_template.stop_token_ids(tokenizer)
         generation = chat.engine.submit(
-            fitted.tokens, max_new_tokens=fitted.max_new_tokens, logits_processor=never(eos)
+            fitted.tokens, max_new_tokens=fitted.max_new_tokens, logits_processor=never(stops)
         )
         result = await generation.result()
     finally:

@@ -106,7 +106,9 @@ class ChatTemplate:
         return encode_segments(segments, tokenizer)
 
     def stop_token_ids(self, tokenizer: Tokenizer) -> set[int]:
-        return {tokenizer.token_id(piece) for piece in self.stop_pieces}
+        """The template's end-of-turn pieces and every token the vocabulary marks as ending
+        generation (its EOS/EOT), as llama.cpp's own chat loop stops on them."""
+        return {tokenizer.token_id(piece) for piece in self.stop_pieces} | tokenizer.eog_ids()
 
 
 class SaigaTemplate(ChatTemplate):
@@ -348,7 +350,8 @@ class GgufTemplate(ChatTemplate):
         return [Text(markers[part]) if i % 2 else Markup(part) for i, part in enumerate(parts)]
 
     def stop_token_ids(self, tokenizer: Tokenizer) -> set[int]:
-        return {tokenizer.token_id(self._eos)} if self._eos else set()
+        eos = {tokenizer.token_id(self._eos)} if self._eos else set()
+        return eos | tokenizer.eog_ids()
 
 
 def _raise_template_error(message: str) -> None:

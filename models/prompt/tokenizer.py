@@ -29,6 +29,8 @@ class Tokenizer(Protocol):
 
     def control_pattern(self) -> re.Pattern[str] | None: ...
 
+    def eog_ids(self) -> set[int]: ...
+
     @property
     def n_ctx_train(self) -> int: ...
 
@@ -82,6 +84,19 @@ class LlamaTokenizer:
             return ""
         piece: bytes = self._llama.detokenize([int(token)], special=True)
         return piece.decode("utf-8", errors="replace")
+
+    def eog_ids(self) -> set[int]:
+        """Tokens llama.cpp treats as the end of generation (EOS, EOT and the like)."""
+        return set(self._eog_ids)
+
+    @cached_property
+    def _eog_ids(self) -> frozenset[int]:
+        vocab = self._llama._model.vocab  # llama-cpp-python has no public getter
+        return frozenset(
+            token
+            for token in range(llama_cpp.llama_vocab_n_tokens(vocab))
+            if llama_cpp.llama_vocab_is_eog(vocab, token)
+        )
 
     def control_pattern(self) -> re.Pattern[str] | None:
         """A regex matching the text of any control token (longest first), in one group."""
