@@ -70,6 +70,7 @@ CASES = [
     Case("qwen3", "chatml", jinja.CHATML),
     Case("qwen3", "qwen3", jinja.QWEN3, kwargs={"enable_thinking": False}),
     Case("qwen3", "gguf", jinja.CHATML, embedded=jinja.CHATML),
+    Case("gigachat3-mla", "gguf", jinja.GIGACHAT3, embedded=jinja.GIGACHAT3),
     Case(
         "gigachat-moe",
         "gigachat",
@@ -194,7 +195,9 @@ def test_families_hf_would_obey_typed_control_tokens(
 
 
 def family_template(family: str) -> tuple[str, str | None]:
-    case = next(c for c in CASES if c.family == family and c.embedded is None)
+    """The family's built-in template, or its GGUF-embedded one when it has none."""
+    cases = [c for c in CASES if c.family == family]
+    case = next((c for c in cases if c.embedded is None), cases[0])
     return case.template, case.embedded
 
 

@@ -186,7 +186,7 @@ REGISTRY: tuple[ModelEntry, ...] = (
         context_length=262144,
         kv_bytes_per_token=2 * 26 * (512 + 64),  # DeepSeek-V3-style MLA: 26 layers, latent 512
         notes="GigaChat 3 Lightning: MoE with 1.8B active parameters (llama.cpp's deepseek2).",
-        family="gigachat-moe",
+        family="gigachat3-mla",
     ),
 )
 

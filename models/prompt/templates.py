@@ -340,6 +340,8 @@ class GgufTemplate(ChatTemplate):
             ) from exc
         # Templates may move a message (Mistral's puts the system prompt into the newest user
         # message): take the contents in the order they appear.
+        if not markers:
+            return [Markup(rendered)]
         found = re.compile("(" + "|".join(map(re.escape, markers)) + ")")
         parts = found.split(rendered)
         missing = [

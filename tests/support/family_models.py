@@ -51,6 +51,7 @@ class Family:
     split: str | None = None  # the regex the HF pre-tokenizer splits with (None: GPT-2's)
     ignore_merges: bool = False
     add_space_prefix: bool = True  # SentencePiece's dummy prefix
+    mla: bool = False  # DeepSeek-2 with multi-head latent attention (GigaChat 3)
     stands_for: tuple[str, ...] = ()  # registry entries whose family this is
     n_ctx: int = 4096
 
@@ -120,7 +121,18 @@ FAMILIES: dict[str, Family] = {
             eos="</s>",
             special=("<|message_sep|>", "<|role_sep|>"),
             pre="gigachat",
-            stands_for=("gigachat-20b-a3b", "gigachat3-10b-a1.8b"),
+            stands_for=("gigachat-20b-a3b",),
+        ),
+        Family(
+            name="gigachat3-mla",
+            arch="deepseek2",
+            tokenizer="bpe",
+            bos="<s>",
+            eos="</s>",
+            special=("<|message_sep|>", "<|role_sep|>"),
+            pre="gigachat",
+            mla=True,
+            stands_for=("gigachat3-10b-a1.8b",),
         ),
     )
 }
@@ -314,7 +326,7 @@ def build_stand_in(
     weights = Weights(writer, seed)
     weights.embeddings(len(vocab.tokens), vocab.unwanted)
     if family.arch == "deepseek2":
-        deepseek2(writer, weights)
+        deepseek2(writer, weights, mla=family.mla)
     else:
         llama_like(writer, weights, qk_norm=family.arch == "qwen3")
 

@@ -131,3 +131,24 @@ YANDEX = """<s>{%- set names = {'assistant': ' Ассистент:', 'user': ' �
     {%- endif %}
 {%- endfor %}
 """
+
+# GigaChat 3 (GigaChat3-10B-A1.8B, llama.cpp's models/templates copy), reduced to a plain
+# conversation: the long developer-system text is shortened, tools are left out.
+GIGACHAT3 = """{%- set add_tokens = namespace(role_sep="<|role_sep|>\\n", message_sep="<|message_sep|>\\n\\n") -%}
+{%- macro render_role_message(message, role=None) -%}
+    {%- if not role -%}{%- set role = message["role"] -%}{%- endif -%}
+    {%- set message_content = message['content'] or '' -%}
+    {{- role + add_tokens.role_sep + message_content + add_tokens.message_sep -}}
+{%- endmacro -%}
+{{- bos_token -}}
+{{- render_role_message({"role": "developer system", "content": "A dialog will follow below."}) -}}
+{%- if messages and messages[0]['role'] == 'system' -%}
+    {{- render_role_message(messages[0]) -}}
+    {%- set messages = messages[1:] -%}
+{%- endif -%}
+{%- for message in messages -%}
+    {{- render_role_message(message) -}}
+    {%- if loop.last and add_generation_prompt and message['role'] != 'assistant' -%}
+        {{- 'assistant' + add_tokens.role_sep -}}
+    {%- endif -%}
+{%- endfor -%}"""  # noqa: E501

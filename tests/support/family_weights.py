@@ -91,16 +91,25 @@ N_EXPERT, N_EXPERT_USED, N_EXPERT_SHARED, N_FF_EXP = 4, 2, 1, 32
 Q_LORA, KV_LORA, QK_NOPE, QK_ROPE, V_HEAD = 32, 32, 16, 8, 16
 
 
-def deepseek2(writer: gguf.GGUFWriter, w: Weights) -> None:
+def deepseek2(writer: gguf.GGUFWriter, w: Weights, *, mla: bool = False) -> None:
+    """DeepSeek-2 MoE; `mla` writes the split layout of today's converter (GigaChat 3), where
+    the cache keeps one compressed latent per token instead of per-head keys and values."""
     arch = writer.arch
     writer.add_head_count(N_HEAD)
-    writer.add_head_count_kv(N_HEAD)
     writer.add_feed_forward_length(N_FF)
     writer.add_layer_norm_rms_eps(1e-6)
     writer.add_rope_dimension_count(QK_ROPE)
     writer.add_rope_freq_base(10000.0)
-    writer.add_key_length(QK_NOPE + QK_ROPE)
-    writer.add_value_length(V_HEAD)
+    if mla:
+        writer.add_head_count_kv(1)
+        writer.add_key_length(KV_LORA + QK_ROPE)
+        writer.add_value_length(KV_LORA)
+        writer.add_uint32(f"{arch}.attention.key_length_mla", QK_NOPE + QK_ROPE)
+        writer.add_uint32(f"{arch}.attention.value_length_mla", V_HEAD)
+    else:
+        writer.add_head_count_kv(N_HEAD)
+        writer.add_key_length(QK_NOPE + QK_ROPE)
+        writer.add_value_length(V_HEAD)
     writer.add_uint32(f"{arch}.leading_dense_block_count", 1)
     writer.add_uint32(f"{arch}.attention.q_lora_rank", Q_LORA)
     writer.add_uint32(f"{arch}.attention.kv_lora_rank", KV_LORA)
@@ -118,7 +127,11 @@ def deepseek2(writer: gguf.GGUFWriter, w: Weights) -> None:
         w.matrix(f"blk.{i}.attn_q_a.weight", Q_LORA, N_EMBD)
         w.matrix(f"blk.{i}.attn_q_b.weight", N_HEAD * (QK_NOPE + QK_ROPE), Q_LORA)
         w.matrix(f"blk.{i}.attn_kv_a_mqa.weight", KV_LORA + QK_ROPE, N_EMBD)
-        w.matrix(f"blk.{i}.attn_kv_b.weight", N_HEAD * (QK_NOPE + V_HEAD), KV_LORA)
+        if mla:
+            w.experts(f"blk.{i}.attn_k_b.weight", N_HEAD, KV_LORA, QK_NOPE)
+            w.experts(f"blk.{i}.attn_v_b.weight", N_HEAD, V_HEAD, KV_LORA)
+        else:
+            w.matrix(f"blk.{i}.attn_kv_b.weight", N_HEAD * (QK_NOPE + V_HEAD), KV_LORA)
         w.matrix(f"blk.{i}.attn_output.weight", N_EMBD, N_HEAD * V_HEAD)
         if i == 0:
             _dense_ffn(w, i)
