@@ -20,6 +20,7 @@ from bot.core.chat import ChatService
 from bot.preflight import StartupError, model_path
 from bot.settings import Settings
 from models.errors import ModelError
+from models.files.context import choose_n_ctx
 from models.runtime.chat_model import ChatModel, load_chat_model
 from storage.database import create_engine, create_session_factory, migrate
 from storage.errors import StorageError
@@ -37,8 +38,10 @@ class Services:
 
 def load_model(settings: Settings) -> ChatModel:
     """Blocking: reads the weights. Every failure becomes one sentence for the operator."""
-    config = settings.model.to_config(model_path(settings), settings.sampling.seed)
+    path = model_path(settings)
     try:
+        n_ctx = choose_n_ctx(path, settings.model.n_ctx).n_ctx
+        config = settings.model.to_config(path, n_ctx, settings.sampling.seed)
         return load_chat_model(
             config,
             template=settings.model.template,

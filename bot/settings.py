@@ -77,7 +77,8 @@ class ModelSettings(BaseModel):
     lora_scale: float = 1.0
     template: str = "gigasaiga"
     system_prompt: str | None = None
-    n_ctx: int = Field(default=2048, ge=64)
+    # Unset: the model's trained context capped by this machine's RAM (models.files.context).
+    n_ctx: int | None = Field(default=None, ge=64)
     max_new_tokens: int = Field(default=512, ge=1)
     n_threads: int | None = Field(default=None, ge=1)
     n_batch: int = Field(default=512, ge=1)
@@ -90,12 +91,14 @@ class ModelSettings(BaseModel):
         _empty_is_none
     )
 
-    def to_config(self, model_path: Path, seed: int | None) -> ModelConfig:
+    def to_config(self, model_path: Path, n_ctx: int, seed: int | None) -> ModelConfig:
+        """`n_ctx`: the context chosen for this model (`N_CTX`, or the trained one capped by
+        RAM when it is not set)."""
         from models.runtime.loader import ModelConfig
 
         return ModelConfig(
             model_path=model_path,
-            n_ctx=self.n_ctx,
+            n_ctx=n_ctx,
             n_threads=self.n_threads,
             n_batch=self.n_batch,
             n_gpu_layers=self.n_gpu_layers,

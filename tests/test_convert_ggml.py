@@ -157,6 +157,46 @@ def test_round_trip_runs_like_the_original(
     np.testing.assert_array_equal(scores, scores_ref)
 
 
+def test_embedding_padded_past_the_tokenizer_gets_unused_tokens(
+    tmp_path: Path, tiny_source: dict[str, Any]
+) -> None:
+    tensors, hparams, vocab = tiny_source["tensors"], tiny_source["hparams"], tiny_source["vocab"]
+    rng = np.random.default_rng(4)
+    n_embd, extra = tensors["model/wte"].shape[1], 48
+    padded = dict(tensors)
+    for name in ("model/wte", "model/lm_head"):
+        rows = rng.normal(0, 0.5, (extra, n_embd)).astype(tensors[name].dtype)
+        padded[name] = np.concatenate([tensors[name], rows])
+    source = write_ggml(
+        tmp_path / "padded.bin",
+        padded,
+        (hparams[0] + extra, *hparams[1:]),
+        [*vocab, *[b""] * extra],
+    )
+    out = tmp_path / "padded.gguf"
+    convert_ggml(source, out, tiny_source["tokenizer"])
+    reader = gguf.GGUFReader(out)
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
+    types = reader.fields["tokenizer.ggml.token_type"].contents()
+    assert len(tokens) == hparams[0] + extra
+    assert tokens[hparams[0] :] == [f"[PAD{i}]" for i in range(hparams[0], hparams[0] + extra)]
+    assert set(types[hparams[0] :]) == {gguf.TokenType.UNUSED}
+    assert gguf.TokenType.UNUSED not in types[: hparams[0]]
+    # The real tokens run as in the unpadded model; the padding rows only add columns.
+    prompt = "<s>user\nПривет! Как дела?</s>\n<s>bot"
+    _, scores = greedy(out, prompt, steps=1)
+    _, scores_ref = greedy(tiny_source["gguf"], prompt, steps=1)
+    np.testing.assert_array_equal(scores[:, : hparams[0]], scores_ref)
+    # Far more rows than tokens is not padding but another model's tokenizer.
+    many = (hparams[0] + 600, *hparams[1:])
+    grown = dict(padded)
+    for name in ("model/wte", "model/lm_head"):
+        grown[name] = np.concatenate([tensors[name], np.zeros((600, n_embd), tensors[name].dtype)])
+    other = write_ggml(tmp_path / "other.bin", grown, many, [*vocab, *[b""] * 600])
+    with pytest.raises(GgmlConversionError, match=f"has {hparams[0]} tokens but .* has {many[0]}"):
+        convert_ggml(other, tmp_path / "other.gguf", tiny_source["tokenizer"])
+
+
 def test_tokenizer_chat_template_and_control_tokens(
     tmp_path: Path, tiny_source: dict[str, Any]
 ) -> None:
@@ -574,3 +614,48 @@ def test_quantized_files_run_in_llama_cpp(llmrs: dict[str, Any]) -> None:
 def test_other_architecture_from_llmrs_is_refused(llmrs: dict[str, Any], tmp_path: Path) -> None:
     with pytest.raises(GgmlConversionError, match="not a GPT-2 model"):
         convert_ggml(llmrs["files"]["BLOOM-F16"], tmp_path / "x.gguf", None)
+
+
+@pytest.mark.heavy
+def test_padded_embedding_runs_like_transformers(tmp_path: Path) -> None:
+    """A GPT-2 whose embedding is padded to a multiple of 64 rows, as checkpoints often are."""
+    pytest.importorskip("torch")
+    from hf_gpt2 import build_hf_gpt2, greedy_agreement, hf_logits, llama_logits, write_hf_gpt2_gguf
+
+    n_tokens = train_tokenizer(1200).get_vocab_size()
+    rows = -(-n_tokens // 64) * 64
+    assert rows > n_tokens
+    model, tokenizer = build_hf_gpt2(tmp_path / "hf", seed=3, vocab_rows=rows)
+    plain = write_hf_gpt2_gguf(model, tokenizer, tmp_path / "plain.gguf")
+    tensors = {ggml_name(t.name): np.array(t.data) for t in gguf.GGUFReader(plain).tensors}
+    assert tensors["model/wte"].shape[0] == rows
+    # What llm-rs stores: each token decoded as text.
+    stored = [
+        (tok if tok in SPECIAL_TOKENS else token_bytes(tok).decode(errors="replace")).encode()
+        for tok in tokenizer.convert_ids_to_tokens(list(range(n_tokens)))
+    ]
+    source = write_ggml(
+        tmp_path / "padded.bin",
+        tensors,
+        (rows, 256, 64, 4, 2, 0),
+        [*stored, *[b""] * (rows - n_tokens)],
+    )
+    convert_ggml(source, tmp_path / "padded.gguf", tmp_path / "hf" / "tokenizer.json")
+    llama = Llama(
+        model_path=str(tmp_path / "padded.gguf"),
+        n_ctx=128,
+        n_threads=2,
+        logits_all=True,
+        verbose=False,
+    )
+    assert llama.n_vocab() == rows
+    worst, checked = 0.0, 0
+    for prompt in PROMPTS:
+        ids = tokenizer.encode(prompt)
+        assert ids == llama.tokenize(prompt.encode(), add_bos=False, special=True)
+        difference = np.abs(llama_logits(llama, ids) - hf_logits(model, ids))
+        worst = max(worst, float(difference.max()))
+        checked += greedy_agreement(model, llama, ids, steps=10, margin=0.1)
+    print(f"padded embedding: max |logit difference| {worst:.4f}; greedy checked {checked}")
+    assert worst < F16_TOLERANCE
+    assert checked >= 20

@@ -188,6 +188,35 @@ def test_rank_pattern_with_rslora_folds_scale_into_b(tmp_path: Path) -> None:
     )
 
 
+def test_alpha_pattern_scales_each_module_as_peft_does(tmp_path: Path) -> None:
+    tensors = peft_tensors(rank=4)
+    # PEFT matches keys as regexes ending at a module name; "c_proj" alone would also match
+    # the attention projection, so the MLP one is named with its parent.
+    config = peft_config(alpha_pattern={"h.0.attn.c_attn": 32, r"h\.\d\.mlp\.c_proj": 2})
+    convert_lora(write_adapter(tmp_path / "a", config, tensors), tmp_path / "lora.gguf")
+    reader, written = read_gguf(tmp_path / "lora.gguf")
+    alpha = field(reader, "adapter.lora.alpha")
+    expected = {
+        ("blk.0.attn_qkv", "0.attn.c_attn"): 32 / 4,
+        ("blk.1.attn_qkv", "1.attn.c_attn"): 8 / 4,
+        ("blk.0.ffn_down", "0.mlp.c_proj"): 2 / 4,
+        ("blk.1.ffn_down", "1.mlp.c_proj"): 2 / 4,
+        ("blk.1.attn_output", "1.attn.c_proj"): 8 / 4,
+    }
+    for (gguf_name, peft_name), scale in expected.items():
+        applied = (alpha / 4) * written[f"{gguf_name}.weight.lora_b"]
+        np.testing.assert_allclose(
+            applied, scale * tensors[f"{PREFIX}.{peft_name}.lora_B.weight"], rtol=1e-6
+        )
+
+
+def test_init_without_base_changes_converts(tmp_path: Path) -> None:
+    for init in (True, False, "gaussian", "eva", "orthogonal"):
+        adapter = write_adapter(tmp_path / str(init), peft_config(init_lora_weights=init))
+        convert_lora(adapter, tmp_path / f"{init}.gguf")
+        assert (tmp_path / f"{init}.gguf").is_file()
+
+
 def logits(model: Path, lora: Path | None, scale: float = 1.0) -> np.ndarray:
     llama = Llama(
         model_path=str(model),
@@ -221,7 +250,11 @@ def test_llama_cpp_applies_converted_adapter(tmp_path: Path, tiny_gguf: Path) ->
         ({"modules_to_save": ["lm_head"]}, "saves whole modules"),
         ({"peft_type": "IA3"}, "only LoRA"),
         ({"target_modules": ["c_attn", "lm_head"]}, "only c_attn, c_proj and c_fc"),
-        ({"alpha_pattern": {"h.0.attn.c_attn": 32}}, "alpha_pattern"),
+        ({"init_lora_weights": "pissa"}, "init_lora_weights='pissa' \\(PiSSA\\)"),
+        ({"init_lora_weights": "pissa_niter_16"}, "init_lora_weights='pissa_niter_16'"),
+        ({"init_lora_weights": "olora"}, "init_lora_weights='olora' \\(OLoRA\\)"),
+        ({"init_lora_weights": "corda"}, "init_lora_weights='corda' \\(CorDA\\)"),
+        ({"init_lora_weights": "loftq"}, "init_lora_weights='loftq' \\(LoftQ\\)"),
         ({"enable_lora": [True, False, True]}, "early PEFT version"),
     ],
 )
@@ -490,3 +523,104 @@ def test_bf16_reader_matches_torch(tmp_path: Path) -> None:
                 np.testing.assert_array_equal(
                     written[f"blk.{layer}.{name}.weight.lora_{half}"], expected.float().numpy()
                 )
+
+
+def _llama_with(base_gguf: Path, lora: Path) -> Llama:
+    return Llama(
+        model_path=str(base_gguf),
+        lora_path=str(lora),
+        n_ctx=128,
+        n_threads=2,
+        logits_all=True,
+        verbose=False,
+    )
+
+
+def _train_a_little(model: Any, seed: int) -> None:
+    """Stand in for training: move every LoRA matrix away from its initialization."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+
+
+@pytest.mark.heavy
+def test_pissa_adapter_would_be_silently_wrong(
+    tmp_path: Path, hf_base: tuple[Path, Path, Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PiSSA moves each weight's principal part into the adapter: converted as a plain LoRA it
+    is applied to the untouched base and the logits are far off. Refused; and the plain LoRA
+    PEFT writes with path_initial_model_for_weight_conversion converts and matches."""
+    peft: Any = pytest.importorskip("peft")
+    transformers: Any = pytest.importorskip("transformers")
+    from hf_gpt2 import hf_logits, llama_logits
+
+    hf_dir, base_gguf, _, tokenizer = hf_base
+    base = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+    config = peft.LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["c_attn", "c_proj", "c_fc"],
+        fan_in_fan_out=True,
+        lora_dropout=0.0,
+        init_lora_weights="pissa",
+    )
+    model = peft.get_peft_model(base, config).eval()
+    model.peft_config["default"].init_lora_weights = True  # keep the initial adapter apart
+    model.save_pretrained(tmp_path / "initial")
+    model.peft_config["default"].init_lora_weights = "pissa"
+    _train_a_little(model, seed=5)
+    model.save_pretrained(tmp_path / "pissa")
+
+    with pytest.raises(LoraConversionError, match=r"init_lora_weights='pissa' \(PiSSA\)"):
+        convert_lora(tmp_path / "pissa", tmp_path / "pissa.gguf")
+
+    ids = tokenizer.encode(PROMPTS[0])
+    expected = hf_logits(model, ids)
+    # What converting it anyway would give: the adapter on the original weights.
+    monkeypatch.setattr("models.convert.lora._check_init", lambda config, where: None)
+    convert_lora(tmp_path / "pissa", tmp_path / "pissa.gguf")
+    wrong = np.abs(llama_logits(_llama_with(base_gguf, tmp_path / "pissa.gguf"), ids) - expected)
+    monkeypatch.undo()
+    print(f"PiSSA converted as plain LoRA: max |logit difference| {wrong.max():.2f}")
+    assert wrong.max() > 1.0
+
+    model.save_pretrained(
+        tmp_path / "converted", path_initial_model_for_weight_conversion=str(tmp_path / "initial")
+    )
+    convert_lora(tmp_path / "converted", tmp_path / "lora.gguf")
+    got = llama_logits(_llama_with(base_gguf, tmp_path / "lora.gguf"), ids)
+    assert np.abs(got - expected).max() < LOGIT_TOLERANCE
+
+
+@pytest.mark.heavy
+def test_alpha_pattern_matches_transformers_with_peft(
+    tmp_path: Path, hf_base: tuple[Path, Path, Any, Any]
+) -> None:
+    peft: Any = pytest.importorskip("peft")
+    transformers: Any = pytest.importorskip("transformers")
+    from hf_gpt2 import hf_logits, llama_logits
+
+    hf_dir, base_gguf, _, tokenizer = hf_base
+    base = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+    config = peft.LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["c_attn", "c_proj", "c_fc"],
+        fan_in_fan_out=True,
+        lora_dropout=0.0,
+        init_lora_weights=False,
+        alpha_pattern={"h.0.attn.c_attn": 32, "mlp.c_proj": 2},
+        rank_pattern={"h.1.mlp.c_fc": 8},
+    )
+    model = peft.get_peft_model(base, config).eval()
+    model.save_pretrained(tmp_path / "adapter")
+    convert_lora(tmp_path / "adapter", tmp_path / "lora.gguf")
+    llama = _llama_with(base_gguf, tmp_path / "lora.gguf")
+    for prompt in PROMPTS:
+        ids = tokenizer.encode(prompt)
+        expected = hf_logits(model, ids)
+        assert np.abs(llama_logits(llama, ids) - expected).max() < LOGIT_TOLERANCE

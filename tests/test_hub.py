@@ -34,7 +34,7 @@ from models.errors import HubError, HubUnreachable, ModelError, ModelLoadError
 from models.files import hub as hub_module
 from models.files.gguf_info import read_gguf_info
 from models.files.hub import download, list_repo
-from models.files.registry import find_entry, human_size, quant_of, split_stem
+from models.files.registry import REGISTRY, find_entry, human_size, quant_of, split_stem
 
 ROOT = Path(__file__).resolve().parent.parent
 RUGPT = "oblivious/ruGPT-3.5-13B-GGUF"
@@ -191,6 +191,7 @@ def test_cli_list_shows_sizes_and_marks_what_fits(
     q4 = next(line for line in lines if line.strip().startswith("Q4_K_M"))
     assert human_size(len(payloads["tiny"])) in q4
     assert q4.rstrip().endswith("fits")
+    assert "at N_CTX 2048" in q4  # ruGPT-3.5's trained context, which this RAM holds
     q8 = next(line for line in lines if line.strip().startswith("Q8_0"))
     assert "20.00 TB" in q8 and "too big" in q8
     # Every registry entry is shown; those the fake hub lacks say why in one line.
@@ -210,7 +211,8 @@ def test_cli_list_without_network_still_prints_the_registry(tmp_path: Path) -> N
     assert "Sizes unknown: Cannot reach the Hugging Face hub" in result.stdout
     assert "oblivious/ruGPT-3.5-13B-GGUF" in result.stdout
     assert "rugpt35-13b (default)" in result.stdout
-    assert result.stdout.count("sizes unknown (hub unreachable)") == 7
+    assert result.stdout.count("sizes unknown (hub unreachable)") == len(REGISTRY)
+    assert result.stdout.count("family tested on a stand-in") == len(REGISTRY)
 
 
 # --- download ------------------------------------------------------------------------------

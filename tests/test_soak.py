@@ -79,7 +79,8 @@ async def test_soak_with_faults_and_a_restart(short_model: ChatModel, tmp_path: 
                         ]
                         pending = [r for r in history if r.status == "pending"]
                         lost = [
-                            (r.status, bool(r.text)) for r in history
+                            (r.status, bool(r.text))
+                            for r in history
                             if r.role == "bot" and not r.telegram_message_ids
                         ]
                         counts[user] = (len(sent[user]), len(delivered), len(pending), lost)

@@ -16,15 +16,22 @@ if TYPE_CHECKING:
 def _entry_header(entry: ModelEntry) -> list[str]:
     flag = " (default)" if entry.default else ""
     kind = f"LoRA for {entry.base}" if entry.kind == "lora" else "GGUF"
+    tested = (
+        f"family tested on a stand-in ({entry.family})"
+        if entry.family
+        else "family not tested on a stand-in"
+    )
     return [
         f"{entry.name}{flag}  {entry.repo}",
-        f"  {kind}, template {entry.template}, context {entry.context_length}. {entry.notes}",
+        f"  {kind}, template {entry.template}, trained context {entry.context_length}; {tested}.",
+        f"  {entry.notes}",
     ]
 
 
 def list_models() -> None:
     """The known models, their quantizations with sizes, and which fit this machine's RAM."""
     from models.errors import HubError, HubUnreachable
+    from models.files.context import auto_n_ctx
     from models.files.hub import (
         check_reachable,
         list_repo,
@@ -48,8 +55,13 @@ def list_models() -> None:
     except HubUnreachable as exc:
         offline = str(exc)
 
+    context = (
+        f"N_CTX={settings.model.n_ctx}"
+        if settings.model.n_ctx is not None
+        else "the default N_CTX (trained context capped by RAM)"
+    )
     typer.echo(
-        f"RAM estimate = file size + KV cache for N_CTX={settings.model.n_ctx} + "
+        f"RAM estimate = file size + KV cache for {context} + "
         f"{human_size(RUNTIME_OVERHEAD)}; this machine has {human_size(ram)} of RAM."
     )
     if offline:
@@ -77,9 +89,13 @@ def list_models() -> None:
         for quant in listing.quants:
             need = ram_estimate(entry, quant.size, settings.model.n_ctx)
             mark = "fits" if need <= ram else "too big for this RAM"
+            tokens = settings.model.n_ctx or auto_n_ctx(
+                entry.context_length, quant.size, entry.kv_bytes_per_token, ram
+            )
             typer.echo(
                 f"  {quant.quant:<8} {human_size(quant.size):>10}   "
-                f"RAM ~{human_size(need):>10}   {mark}"
+                f"RAM ~{human_size(need):>10} at N_CTX {min(tokens, entry.context_length)}"
+                f"   {mark}"
             )
 
 
@@ -118,11 +134,24 @@ def info(
 ) -> None:
     """Read a GGUF header: architecture, context, parameters, quantization, template."""
     from models.errors import ModelError
+    from models.files.context import choose_n_ctx
     from models.files.gguf_info import read_gguf_info
 
     try:
         facts = read_gguf_info(path)
     except ModelError as exc:
         raise fail(str(exc)) from None
-    for line in facts.lines():
+    lines = facts.lines()
+    try:
+        choice = choose_n_ctx(path, load_settings().model.n_ctx)
+    except ModelError:
+        choice = None  # no context length in the header: the lines already say "unknown"
+    if choice is not None:
+        where = next(i for i, line in enumerate(lines) if line.startswith("KV cache:"))
+        limit = f"{choice.ram_limit} tokens" if choice.ram_limit else "unknown"
+        lines[where + 1 : where + 1] = [
+            f"RAM limit:       {limit} of context on this machine",
+            f"N_CTX here:      {choice.describe()}",
+        ]
+    for line in lines:
         typer.echo(line)

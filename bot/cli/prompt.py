@@ -54,6 +54,7 @@ def prompt(
     """
     from bot.settings import Settings
     from models.errors import ModelError
+    from models.files.context import choose_n_ctx
     from models.prompt.templates import ChatMessage, get_template
     from models.prompt.tokenizer import LlamaTokenizer
     from models.prompt.window import Window
@@ -67,7 +68,7 @@ def prompt(
         conversation = _read_conversation(sys.stdin.read())
         tokenizer = LlamaTokenizer.from_file(model_path)
         chat_template = get_template(template or settings.model.template, tokenizer)
-        context = min(n_ctx or settings.model.n_ctx, tokenizer.n_ctx_train or sys.maxsize)
+        context = choose_n_ctx(model_path, n_ctx or settings.model.n_ctx).n_ctx
         window = Window(
             chat_template,
             tokenizer,

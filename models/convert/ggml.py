@@ -14,17 +14,23 @@ the model's tokenizer.json instead.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import gguf
 import numpy as np
 
 from models.convert.gguf_output import gguf_output
+from models.convert.gpt2_vocab import (
+    BOS,
+    EOS,
+    Vocabulary,
+    byte_decoder,
+    pad_vocabulary,
+    read_tokenizer,
+)
 from models.errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -33,8 +39,8 @@ TOKENIZER_REPO = "ai-forever/ruGPT-3.5-13B"
 GGML_MAGIC = b"lmgg"  # 0x67676d6c written little-endian
 GGJT_MAGIC = b"tjgg"
 GGJT_VERSION = 3
+MAX_PADDING = 256  # embedding rows past the tokenizer's last token taken as padding
 QUANT_VERSION = 2  # ftype // 1000 in quantized files; version 1 had other block layouts
-BOS, EOS = "<s>", "</s>"
 
 _FILE_TYPES = {
     0: gguf.LlamaFileType.ALL_F32,
@@ -247,32 +253,10 @@ def _check_complete(model: GgmlModel, path: Path) -> None:
         raise GgmlConversionError(f"{path}: model/wte has dims {wte}, not n_embd x n_vocab.")
 
 
-@dataclass(frozen=True)
-class Vocabulary:
-    tokens: list[str]
-    types: list[gguf.TokenType]
-    merges: list[str]
-    ids: dict[str, int]
-    added: frozenset[str]
-
-
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's byte-level BPE writes each byte as a printable character; this undoes it."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    chars = {byte: byte for byte in printable}
-    for extra, byte in enumerate(b for b in range(256) if b not in chars):
-        chars[byte] = 256 + extra
-    return {chr(code): byte for byte, code in chars.items()}
-
-
 def _check_same_vocabulary(model: GgmlModel, vocab: Vocabulary, source: Path, tok: Path) -> None:
     """Compare the tokens the file kept intact with the tokenizer's: another model's tokenizer
     of the same size would make the model speak gibberish."""
-    decoder = _byte_decoder()
+    decoder = byte_decoder()
     compared = agreed = 0
     for token_id, token in enumerate(vocab.tokens):
         stored = model.vocab[token_id]
@@ -293,31 +277,6 @@ def _check_same_vocabulary(model: GgmlModel, vocab: Vocabulary, source: Path, to
             f"{tok} does not match the vocabulary stored in {source} ({agreed} of {compared} "
             "tokens agree); it is the tokenizer of another model."
         )
-
-
-def _read_tokenizer(path: Path) -> Vocabulary:
-    try:
-        spec: Any = json.loads(path.read_text(encoding="utf-8"))
-        model = spec["model"]
-        vocab: dict[str, int] = dict(model["vocab"])
-        merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-        added = list(spec.get("added_tokens") or [])
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise GgmlConversionError(f"{path} is not a readable BPE tokenizer.json ({exc}).") from exc
-    if model.get("type", "BPE") != "BPE":
-        raise GgmlConversionError(f"{path} is a {model.get('type')} tokenizer, not BPE.")
-    special = {str(t["content"]) for t in added if t.get("special")}
-    for token in added:
-        vocab.setdefault(str(token["content"]), int(token["id"]))
-    by_id = {i: t for t, i in vocab.items()}
-    if sorted(by_id) != list(range(len(by_id))):
-        raise GgmlConversionError(f"{path} has gaps in its token ids.")
-    if BOS not in vocab or EOS not in vocab:
-        raise GgmlConversionError(f"{path} has no {BOS} and {EOS} tokens.")
-    special |= {BOS, EOS}
-    tokens = [by_id[i] for i in range(len(by_id))]
-    types = [gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens]
-    return Vocabulary(tokens, types, merges, vocab, frozenset(str(t["content"]) for t in added))
 
 
 def _fetch_tokenizer() -> Path:
@@ -350,13 +309,15 @@ def convert_ggml(source: Path, output: Path, tokenizer_json: Path | None) -> Non
     model = read_ggml(source)
     _check_complete(model, source)
     tokenizer_path = Path(tokenizer_json) if tokenizer_json else _fetch_tokenizer()
-    vocab = _read_tokenizer(tokenizer_path)
-    if len(vocab.tokens) != model.n_vocab:
+    vocab = read_tokenizer(tokenizer_path, GgmlConversionError)
+    # Rows past the tokenizer are padding (to a multiple of 8 to 128); more is another model.
+    if not 0 <= model.n_vocab - len(vocab.tokens) < MAX_PADDING:
         raise GgmlConversionError(
             f"{tokenizer_path} has {len(vocab.tokens)} tokens but {source} has {model.n_vocab}; "
             "it is the tokenizer of another model."
         )
     _check_same_vocabulary(model, vocab, source, tokenizer_path)
+    vocab = pad_vocabulary(vocab, model.n_vocab)
     n_ff = model.tensors["model/h0/mlp/c_fc/w"].dims[1]
     data = np.memmap(source, dtype=np.uint8, mode="r")
 

@@ -7,8 +7,12 @@ transpose (what llama.cpp's own converter does for Conv1D) would corrupt them, s
 the square `c_proj`.
 
 llama.cpp scales every pair by `adapter.lora.alpha / rank`; PEFT uses alpha/r, or
-alpha/sqrt(r) with rsLoRA. The written alpha makes the two agree, and where one alpha cannot
-(rsLoRA with per-layer ranks) the difference is folded into `lora_b`.
+alpha/sqrt(r) with rsLoRA, with per-module ranks and alphas from `rank_pattern` and
+`alpha_pattern`. The written alpha makes the two agree, and where one alpha cannot (rsLoRA with
+per-layer ranks, per-module alphas) the difference is folded into `lora_b`.
+
+Adapters initialized with PiSSA, OLoRA, CorDA, LoftQ or LoRA-GA are refused: PEFT moves part of
+each base weight into the adapter at initialization, so they belong to a modified base model.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ _TARGETS = {
     ("mlp", "c_fc"): "ffn_up",
     ("mlp", "c_proj"): "ffn_down",
 }
+_MODULE_NAMES = {tensor: f"{part}.{module}" for (part, module), tensor in _TARGETS.items()}
 _GPT2_MODULES = {"c_attn", "c_proj", "c_fc"}
 _GPT2_OTHER_LAYERS = {"wte", "wpe", "lm_head", "ln_1", "ln_2", "ln_f"}
 _KEY = re.compile(
@@ -90,7 +95,8 @@ def _check_config(config: dict[str, Any], where: Path) -> None:
             f"{where} was made by an early PEFT version (enable_lora on a merged layer), "
             "whose layout this converter does not read."
         )
-    for key in ("alpha_pattern", "target_parameters", "trainable_token_indices"):
+    _check_init(config, where)
+    for key in ("target_parameters", "trainable_token_indices"):
         if config.get(key):
             raise LoraConversionError(f"{where} uses {key}, which this converter does not support.")
     targets = config.get("target_modules")
@@ -112,6 +118,41 @@ def _check_config(config: dict[str, Any], where: Path) -> None:
         raise LoraConversionError(f"{where} has no valid rank r.")
     if not isinstance(alpha, int | float) or alpha <= 0:
         raise LoraConversionError(f"{where} has no positive lora_alpha.")
+
+
+# Initializations after which PEFT trains the adapter against a changed base model (the
+# principal part, or a quantized residual, is moved out of the base weight into the adapter).
+_BASE_CHANGING_INITS = {
+    "pissa": "PiSSA",
+    "olora": "OLoRA",
+    "corda": "CorDA",
+    "loftq": "LoftQ",
+    "lora_ga": "LoRA-GA",
+}
+
+
+def _check_init(config: dict[str, Any], where: Path) -> None:
+    init = config.get("init_lora_weights", True)
+    if not isinstance(init, str):
+        return
+    kind = init.lower()
+    kind = "pissa" if kind.startswith("pissa") else kind  # pissa_niter_16
+    if kind in _BASE_CHANGING_INITS:
+        raise LoraConversionError(
+            f"{where} was made with init_lora_weights={init!r} ({_BASE_CHANGING_INITS[kind]}), "
+            "which trains the adapter against a modified copy of the base model, so on the "
+            "original model it would give wrong answers; re-save it with PEFT's "
+            "path_initial_model_for_weight_conversion to get a plain LoRA."
+        )
+
+
+def _pattern_value(pattern: dict[str, Any], module: str, default: float) -> float:
+    """PEFT's rank_pattern/alpha_pattern lookup: the first key that is a suffix of the module's
+    name (a regex, matched at a dot boundary), else the default."""
+    for key, value in pattern.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return float(value)
+    return default
 
 
 _SAFETENSORS_FLOATS = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
@@ -227,12 +268,19 @@ def convert_lora(adapter_dir: Path, output: Path) -> None:
 
     rank, alpha = int(config["r"]), float(config["lora_alpha"])
     rslora = bool(config.get("use_rslora"))
+    alpha_pattern = config.get("alpha_pattern") or {}
+    if not isinstance(alpha_pattern, dict):
+        raise LoraConversionError(f"{adapter_dir} has an alpha_pattern that is not a mapping.")
 
-    def peft_scale(r: int) -> float:
-        return alpha / math.sqrt(r) if rslora else alpha / r
+    def peft_scale(layer: int, tensor: str, r: int) -> float:
+        # PEFT matches the patterns against the module's name inside GPT2LMHeadModel.
+        module = f"transformer.h.{layer}.{_MODULE_NAMES[tensor]}"
+        pair_alpha = _pattern_value(alpha_pattern, module, alpha)
+        return pair_alpha / math.sqrt(r) if rslora else pair_alpha / r
 
-    # llama.cpp's scale is gguf_alpha / rank of each pair.
-    gguf_alpha = peft_scale(rank) * rank
+    # llama.cpp's scale is gguf_alpha / rank of each pair; where a pair's PEFT scale differs
+    # (rank_pattern with rsLoRA, alpha_pattern), the difference is folded into its lora_b.
+    gguf_alpha = (alpha / math.sqrt(rank) if rslora else alpha / rank) * rank
 
     with gguf_output(output, "gpt2", LoraConversionError) as writer:
         writer.add_type(gguf.GGUFType.ADAPTER)
@@ -241,7 +289,7 @@ def convert_lora(adapter_dir: Path, output: Path) -> None:
         writer.add_name(adapter_dir.resolve().name)
         for (layer, tensor), (a, b) in pairs.items():
             pair_rank = a.shape[0]
-            fold = peft_scale(pair_rank) / (gguf_alpha / pair_rank)
+            fold = peft_scale(layer, tensor, pair_rank) / (gguf_alpha / pair_rank)
             name = f"blk.{layer}.{tensor}.weight"
             writer.add_tensor(f"{name}.lora_a", np.ascontiguousarray(a, dtype=np.float32))
             b32 = np.asarray(b, dtype=np.float32)

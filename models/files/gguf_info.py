@@ -52,6 +52,7 @@ class GGUFInfo:
     tokenizer_model: str | None
     vocab_size: int | None
     chat_template: str | None
+    kv_bytes_per_token: int = 0  # f16 K and V cache per token of context; 0 when unknown
 
     def lines(self) -> list[str]:
         def or_unknown(value: object) -> str:
@@ -62,7 +63,13 @@ class GGUFInfo:
             f"file size:       {self.file_size:,} bytes",
             f"name:            {or_unknown(self.name)}",
             f"architecture:    {self.architecture}",
-            f"context length:  {or_unknown(self.context_length)}",
+            f"context length:  {or_unknown(self.context_length)} (trained)",
+            "KV cache:        "
+            + (
+                f"{self.kv_bytes_per_token:,} bytes per token (f16)"
+                if self.kv_bytes_per_token
+                else "unknown"
+            ),
             f"parameters:      {self.parameter_count:,} ({_short_count(self.parameter_count)})",
             f"quantization:    {self.quantization}",
             f"tokenizer:       {or_unknown(self.tokenizer_model)}",
@@ -108,6 +115,31 @@ def _quantization(reader: Any, file_type: Any) -> str:
     return f"{by_type.most_common(1)[0][0]} (guessed from tensor types)"
 
 
+def _number(reader: Any, key: str) -> int:
+    value = _field(reader, key)
+    if isinstance(value, list):  # per-layer values (head_count_kv of some models): the widest
+        value = max(value, default=0)
+    return int(value) if isinstance(value, int | float) else 0
+
+
+def kv_bytes_per_token(reader: Any, architecture: str) -> int:
+    """f16 KV cache per token, from the header; 0 when the header does not say enough."""
+    arch = architecture
+    n_layer = _number(reader, f"{arch}.block_count")
+    kv_lora = _number(reader, f"{arch}.attention.kv_lora_rank")
+    if kv_lora and _number(reader, f"{arch}.attention.key_length_mla"):
+        # DeepSeek-style MLA: one compressed latent plus the rope part, shared by K and V.
+        return 2 * n_layer * (kv_lora + _number(reader, f"{arch}.rope.dimension_count"))
+    n_embd = _number(reader, f"{arch}.embedding_length")
+    n_head = _number(reader, f"{arch}.attention.head_count")
+    n_head_kv = _number(reader, f"{arch}.attention.head_count_kv") or n_head
+    if not (n_layer and n_head):
+        return 0
+    k = _number(reader, f"{arch}.attention.key_length") or n_embd // n_head
+    v = _number(reader, f"{arch}.attention.value_length") or n_embd // n_head
+    return 2 * n_layer * n_head_kv * (k + v)
+
+
 def read_gguf_info(path: Path) -> GGUFInfo:
     """The header facts of a GGUF file; a missing or malformed file raises ModelLoadError."""
     import gguf
@@ -131,6 +163,7 @@ def read_gguf_info(path: Path) -> GGUFInfo:
             tokenizer_model=_field(reader, "tokenizer.ggml.model"),
             vocab_size=len(tokens.data) if tokens is not None else None,
             chat_template=_field(reader, "tokenizer.chat_template"),
+            kv_bytes_per_token=kv_bytes_per_token(reader, str(architecture)),
         )
     except ModelLoadError:
         raise

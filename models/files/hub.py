@@ -306,7 +306,7 @@ def download(
     quant: str = DEFAULT_QUANT,
     *,
     models_dir: Path,
-    n_ctx: int = 2048,
+    n_ctx: int | None = None,
     endpoint: str | None = None,
     token: str | None = None,
 ) -> DownloadResult:

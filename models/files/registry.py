@@ -8,6 +8,11 @@ estimate.
 RAM estimate (bytes) = model file size
                      + kv_bytes_per_token * min(N_CTX, context_length)   (f16 K and V cache)
                      + RUNTIME_OVERHEAD                                   (compute buffers, Python)
+with N_CTX unset: the trained context capped by RAM, as `models.files.context` chooses it.
+
+Hub repositories, templates, trained contexts and layer shapes come from the models' cards and
+configs as public sources quote them; `family` names the tiny stand-in of the same architecture,
+tokenizer kind and template that the tests run for real (tests/test_families.py).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class ModelEntry:
     notes: str
     base: str | None = None  # LoRA: the registry name of the GGUF it applies to
     default: bool = False
+    family: str = ""  # the stand-in the tests run for this family, "" when none
 
 
 REGISTRY: tuple[ModelEntry, ...] = (
@@ -55,6 +61,7 @@ REGISTRY: tuple[ModelEntry, ...] = (
         kv_bytes_per_token=2 * 40 * 5120 * 2,  # GPT-2: 40 layers, 5120 wide
         notes="ai-forever ruGPT-3.5-13B base model (GPT-2 architecture); add a LoRA for chat.",
         default=True,
+        family="gpt2-bpe",
     ),
     ModelEntry(
         name="rugpt35-13b-lora",
@@ -65,6 +72,7 @@ REGISTRY: tuple[ModelEntry, ...] = (
         kv_bytes_per_token=0,
         notes="PEFT LoRA (r=16, alpha 16, c_attn), converted to a GGUF adapter on download.",
         base="rugpt35-13b",
+        family="gpt2-bpe",
     ),
     ModelEntry(
         name="gigasaiga-lora",
@@ -75,6 +83,7 @@ REGISTRY: tuple[ModelEntry, ...] = (
         kv_bytes_per_token=0,
         notes="GigaSaiga PEFT LoRA (r=8, alpha 16, c_attn), converted to a GGUF adapter.",
         base="rugpt35-13b",
+        family="gpt2-bpe",
     ),
     ModelEntry(
         name="gigachat-20b-a3b",
@@ -84,6 +93,7 @@ REGISTRY: tuple[ModelEntry, ...] = (
         context_length=32768,
         kv_bytes_per_token=2 * 32 * 2048 * 2,  # approximate; MoE with 3B active parameters
         notes="Mixture of experts, 3B active parameters: fast on a CPU for its size.",
+        family="gigachat-moe",
     ),
     ModelEntry(
         name="saiga-mistral-7b",
@@ -93,6 +103,7 @@ REGISTRY: tuple[ModelEntry, ...] = (
         context_length=8192,
         kv_bytes_per_token=2 * 32 * 1024 * 2,  # Mistral 7B: 32 layers, 8 KV heads x 128
         notes="Saiga on Mistral 7B.",
+        family="mistral-spm",
     ),
     ModelEntry(
         name="saiga-llama3-8b",
@@ -102,6 +113,7 @@ REGISTRY: tuple[ModelEntry, ...] = (
         context_length=8192,
         kv_bytes_per_token=2 * 32 * 1024 * 2,  # Llama 3 8B: 32 layers, 8 KV heads x 128
         notes="Saiga on Llama 3 8B.",
+        family="llama3-bpe",
     ),
     ModelEntry(
         name="vikhr-7b-0.4",
@@ -113,6 +125,68 @@ REGISTRY: tuple[ModelEntry, ...] = (
         context_length=8192,
         kv_bytes_per_token=2 * 32 * 1024 * 2,  # Mistral 7B shape
         notes="Vikhr 0.4 on Mistral 7B with a Russian-extended tokenizer.",
+        family="mistral-spm",
+    ),
+    ModelEntry(
+        name="yandexgpt-5-lite-8b",
+        repo="yandex/YandexGPT-5-Lite-8B-instruct-GGUF",
+        kind="gguf",
+        template="yandex",
+        context_length=32768,
+        kv_bytes_per_token=2 * 32 * 1024 * 2,  # llama architecture: 32 layers, 8 KV heads x 128
+        notes="Yandex's official GGUF; its own prompt format (llama.cpp's `yandex`).",
+        family="yandex-spm",
+    ),
+    ModelEntry(
+        name="saiga-nemo-12b",
+        repo="IlyaGusev/saiga_nemo_12b_gguf",
+        kind="gguf",
+        # The official GGUF carries the chat template Saiga Nemo was tuned with.
+        template="gguf",
+        context_length=131072,
+        kv_bytes_per_token=2 * 40 * 1024 * 2,  # Mistral Nemo: 40 layers, 8 KV heads x 128
+        notes="Saiga on Mistral Nemo 12B, official GGUF; long context, mind the RAM.",
+        family="nemo-tekken",
+    ),
+    ModelEntry(
+        name="vikhr-nemo-12b",
+        repo="Vikhrmodels/Vikhr-Nemo-12B-Instruct-R-21-09-24-GGUF",
+        kind="gguf",
+        template="gguf",
+        context_length=131072,
+        kv_bytes_per_token=2 * 40 * 1024 * 2,  # Mistral Nemo shape
+        notes="Vikhr on Mistral Nemo 12B; template from the GGUF.",
+        family="nemo-tekken",
+    ),
+    ModelEntry(
+        name="t-lite-it-2.1",
+        repo="t-tech/T-lite-it-2.1-GGUF",
+        kind="gguf",
+        template="qwen3",
+        context_length=32768,
+        kv_bytes_per_token=2 * 36 * 1024 * 2,  # Qwen3 8B: 36 layers, 8 KV heads x 128
+        notes="T-Bank's T-lite on Qwen3 8B; ChatML, reasoning in <think> switched off.",
+        family="qwen3",
+    ),
+    ModelEntry(
+        name="t-pro-it-2.0",
+        repo="t-tech/T-pro-it-2.0-GGUF",
+        kind="gguf",
+        template="qwen3",
+        context_length=32768,
+        kv_bytes_per_token=2 * 64 * 1024 * 2,  # Qwen3 32B: 64 layers, 8 KV heads x 128
+        notes="T-Bank's T-pro on Qwen3 32B; ChatML, reasoning in <think> switched off. Big.",
+        family="qwen3",
+    ),
+    ModelEntry(
+        name="gigachat3-10b-a1.8b",
+        repo="ai-sage/GigaChat3-10B-A1.8B-GGUF",
+        kind="gguf",
+        template="gguf",
+        context_length=262144,
+        kv_bytes_per_token=2 * 26 * (512 + 64),  # DeepSeek-V3-style MLA: 26 layers, latent 512
+        notes="GigaChat 3 Lightning: MoE with 1.8B active parameters (llama.cpp's deepseek2).",
+        family="gigachat3-mla",
     ),
 )
 
@@ -152,7 +226,12 @@ def split_stem(path: str) -> str:
     return _SHARD_RE.sub(".gguf", path)
 
 
-def ram_estimate(entry: ModelEntry, file_size: int, n_ctx: int) -> int:
+def ram_estimate(entry: ModelEntry, file_size: int, n_ctx: int | None) -> int:
+    """RAM for `entry` at N_CTX `n_ctx`; None is the default context this machine would get."""
+    if n_ctx is None:
+        from models.files.context import auto_n_ctx
+
+        n_ctx = auto_n_ctx(entry.context_length, file_size, entry.kv_bytes_per_token, total_ram())
     kv_cache = entry.kv_bytes_per_token * min(n_ctx, entry.context_length)
     return file_size + kv_cache + RUNTIME_OVERHEAD
 

@@ -9,6 +9,7 @@ encode the runs between them).
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +19,28 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from models.errors import TemplateError
+from models.prompt.segments import (
+    Markup,
+    Segment,
+    Special,
+    Text,
+    encode_segments,
+    expand_markup,
+    merge_text,
+    render_segments,
+)
 from models.prompt.tokenizer import Tokenizer
+
+__all__ = [
+    "Markup",
+    "Segment",
+    "Special",
+    "Text",
+    "encode_segments",
+    "expand_markup",
+    "merge_text",
+    "render_segments",
+]
 
 Role = Literal["system", "user", "bot"]
 
@@ -37,55 +59,6 @@ RUGPT35_SYSTEM = (
 class ChatMessage:
     role: Role
     content: str
-
-
-@dataclass(frozen=True)
-class Special:
-    piece: str
-
-
-@dataclass(frozen=True)
-class Text:
-    text: str
-
-
-@dataclass(frozen=True)
-class Markup:
-    """Template-authored text that may itself contain special tokens (GGUF Jinja templates)."""
-
-    text: str
-
-
-Segment = Special | Text | Markup
-
-
-def merge_text(segments: Sequence[Segment]) -> list[Segment]:
-    merged: list[Segment] = []
-    for segment in segments:
-        if isinstance(segment, Text):
-            if not segment.text:
-                continue
-            if merged and isinstance(merged[-1], Text):
-                merged[-1] = Text(merged[-1].text + segment.text)
-                continue
-        merged.append(segment)
-    return merged
-
-
-def encode_segments(segments: Sequence[Segment], tokenizer: Tokenizer) -> list[int]:
-    ids: list[int] = []
-    for segment in merge_text(segments):
-        if isinstance(segment, Special):
-            ids.append(tokenizer.token_id(segment.piece))
-        elif isinstance(segment, Markup):
-            ids.extend(tokenizer.encode(segment.text, special=True))
-        else:
-            ids.extend(tokenizer.encode(segment.text, special=False))
-    return ids
-
-
-def render_segments(segments: Sequence[Segment]) -> str:
-    return "".join(s.piece if isinstance(s, Special) else s.text for s in segments)
 
 
 class ChatTemplate:
@@ -133,7 +106,9 @@ class ChatTemplate:
         return encode_segments(segments, tokenizer)
 
     def stop_token_ids(self, tokenizer: Tokenizer) -> set[int]:
-        return {tokenizer.token_id(piece) for piece in self.stop_pieces}
+        """The template's end-of-turn pieces and every token the vocabulary marks as ending
+        generation (its EOS/EOT), as llama.cpp's own chat loop stops on them."""
+        return {tokenizer.token_id(piece) for piece in self.stop_pieces} | tokenizer.eog_ids()
 
 
 class SaigaTemplate(ChatTemplate):
@@ -188,7 +163,7 @@ class SaigaLlama3Template(ChatTemplate):
 
 class ChatMLTemplate(ChatTemplate):
     name = "chatml"
-    default_system_prompt = SAIGA_SYSTEM
+    default_system_prompt: str | None = SAIGA_SYSTEM
     stop_pieces = ("<|im_end|>",)
 
     def message(self, message: ChatMessage) -> list[Segment]:
@@ -240,6 +215,89 @@ class GigaChatTemplate(ChatTemplate):
         return [Text("assistant"), Special("<|role_sep|>")]
 
 
+class Qwen3Template(ChatMLTemplate):
+    """ChatML as Qwen3 models (T-lite, T-pro) were tuned on it, with reasoning turned off.
+
+    The generation prompt carries an empty `<think></think>` block, as Qwen3's own template
+    writes it for `enable_thinking=False`: on a CPU a reasoning model would think for minutes
+    before the first word of the answer.
+    """
+
+    name = "qwen3"
+    default_system_prompt = None
+
+    def generation_prompt(self) -> list[Segment]:
+        return [
+            Special("<|im_start|>"),
+            Text("assistant\n"),
+            Special("<think>"),
+            Text("\n\n"),
+            Special("</think>"),
+            Text("\n\n"),
+        ]
+
+
+class MistralTemplate(ChatTemplate):
+    """Mistral's `[INST]` format as the Mistral Nemo template writes it.
+
+    Mistral models have no system role: the system prompt goes into the newest user message,
+    as Mistral's own template puts it. Spaces are the tokenizer's business (a SentencePiece
+    tokenizer adds one after each control token, Tekken does not).
+    """
+
+    name = "mistral"
+    default_system_prompt = None
+    stop_pieces = ("</s>",)
+
+    def segments(
+        self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True
+    ) -> list[Segment]:
+        system = next((m.content.strip() for m in messages if m.role == "system"), None)
+        turns = [m for m in messages if m.role != "system"]
+        last_user = max((i for i, m in enumerate(turns) if m.role == "user"), default=-1)
+        out: list[Segment] = [Special("<s>")]
+        for i, message in enumerate(turns):
+            content = message.content.strip()
+            if message.role == "user":
+                if i == last_user and system:
+                    content = f"{system}\n\n{content}"
+                out += [Special("[INST]"), Text(content), Special("[/INST]")]
+            else:
+                out += [Text(content), Special("</s>")]
+        return out
+
+
+class YandexTemplate(ChatTemplate):
+    """YandexGPT-5-Lite-instruct, as its published template and llama.cpp's `yandex` lay it out.
+
+    The model knows no system role; like llama.cpp, the system prompt opens the first user
+    message. A turn ends with a blank line; the reply starts after `[SEP]`.
+    """
+
+    name = "yandex"
+    default_system_prompt = None
+    stop_pieces = ("</s>",)
+
+    def segments(
+        self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True
+    ) -> list[Segment]:
+        system = next((m.content.strip() for m in messages if m.role == "system"), None)
+        out: list[Segment] = [Special("<s>")]
+        first = True
+        for message in messages:
+            content = message.content.strip()
+            if message.role == "user":
+                if first and system:
+                    content = f"{system}\n{content}"
+                first = False
+                out.append(Text(f" Пользователь: {content}\n\n"))
+            elif message.role == "bot":
+                out.append(Text(f" Ассистент: {content}\n\n"))
+        if add_generation_prompt:
+            out += [Text(" Ассистент:"), Special("[SEP]")]
+        return out
+
+
 class GgufTemplate(ChatTemplate):
     """The Jinja chat template embedded in the GGUF file.
 
@@ -280,20 +338,22 @@ class GgufTemplate(ChatTemplate):
             raise TemplateError(
                 f"The model file's chat template failed ({exc}); use another TEMPLATE."
             ) from exc
-        segments: list[Segment] = []
-        rest = rendered
-        for marker, content in markers.items():
-            before, found, rest = rest.partition(marker)
-            if not found:
-                raise TemplateError(
-                    "The GGUF chat template dropped a message; use another TEMPLATE."
-                )
-            segments += [Markup(before), Text(content)]
-        segments.append(Markup(rest))
-        return segments
+        # Templates may move a message (Mistral's puts the system prompt into the newest user
+        # message): take the contents in the order they appear.
+        if not markers:
+            return [Markup(rendered)]
+        found = re.compile("(" + "|".join(map(re.escape, markers)) + ")")
+        parts = found.split(rendered)
+        missing = [
+            m.role for m, marker in zip(messages, markers, strict=True) if marker not in parts[1::2]
+        ]
+        if any(role != "system" for role in missing):
+            raise TemplateError("The GGUF chat template dropped a message; use another TEMPLATE.")
+        return [Text(markers[part]) if i % 2 else Markup(part) for i, part in enumerate(parts)]
 
     def stop_token_ids(self, tokenizer: Tokenizer) -> set[int]:
-        return {tokenizer.token_id(self._eos)} if self._eos else set()
+        eos = {tokenizer.token_id(self._eos)} if self._eos else set()
+        return eos | tokenizer.eog_ids()
 
 
 def _raise_template_error(message: str) -> None:
@@ -307,7 +367,10 @@ BUILTIN_TEMPLATES: dict[str, type[ChatTemplate]] = {
         RuGpt35Template,
         SaigaLlama3Template,
         ChatMLTemplate,
+        Qwen3Template,
         GigaChatTemplate,
+        MistralTemplate,
+        YandexTemplate,
     )
 }
 TEMPLATE_NAMES = (*BUILTIN_TEMPLATES, "gguf")

@@ -11,6 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
+import llama_cpp
 from llama_cpp import Llama
 
 from models.errors import ModelLoadError, TemplateError
@@ -35,6 +36,10 @@ class Tokenizer(Protocol):
     def token_id(self, piece: str) -> int: ...
 
     def special_piece(self, kind: str) -> str: ...
+
+    def control_pattern(self) -> re.Pattern[str] | None: ...
+
+    def eog_ids(self) -> set[int]: ...
 
     @property
     def n_ctx_train(self) -> int: ...
@@ -89,6 +94,37 @@ class LlamaTokenizer:
             return ""
         piece: bytes = self._llama.detokenize([int(token)], special=True)
         return piece.decode("utf-8", errors="replace")
+
+    def eog_ids(self) -> set[int]:
+        """Tokens llama.cpp treats as the end of generation (EOS, EOT and the like)."""
+        return set(self._eog_ids)
+
+    @cached_property
+    def _eog_ids(self) -> frozenset[int]:
+        vocab = self._llama._model.vocab  # llama-cpp-python has no public getter
+        return frozenset(
+            token
+            for token in range(llama_cpp.llama_vocab_n_tokens(vocab))
+            if llama_cpp.llama_vocab_is_eog(vocab, token)
+        )
+
+    def control_pattern(self) -> re.Pattern[str] | None:
+        """A regex matching the text of any control token (longest first), in one group."""
+        return self._control_pattern
+
+    @cached_property
+    def _control_pattern(self) -> re.Pattern[str] | None:
+        vocab = self._llama._model.vocab  # llama-cpp-python has no public getter
+        pieces = set()
+        for token in range(llama_cpp.llama_vocab_n_tokens(vocab)):
+            if llama_cpp.llama_vocab_get_attr(vocab, token) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL:
+                piece = self.decode([token], special=True)
+                if piece:
+                    pieces.add(piece)
+        if not pieces:
+            return None
+        ordered = sorted(pieces, key=lambda piece: (-len(piece), piece))
+        return re.compile("(" + "|".join(re.escape(piece) for piece in ordered) + ")")
 
     @cached_property
     def n_ctx_train(self) -> int:

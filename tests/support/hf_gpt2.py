@@ -23,7 +23,7 @@ VOCAB_SIZE = 1200
 
 
 def build_hf_gpt2(
-    folder: Path, *, seed: int = 0
+    folder: Path, *, seed: int = 0, vocab_rows: int | None = None
 ) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast]:
     """Save a tiny GPT-2 and its tokenizer in `folder` (as `save_pretrained` lays them out).
 
@@ -43,7 +43,7 @@ def build_hf_gpt2(
         additional_special_tokens=SPECIAL_TOKENS[4:],
     )
     config = GPT2Config(
-        vocab_size=len(vocab),
+        vocab_size=vocab_rows or len(vocab),  # more rows than tokens: a padded embedding
         n_positions=N_CTX,
         n_embd=N_EMBD,
         n_head=N_HEAD,
