@@ -277,7 +277,9 @@ class ChatService:
                 await sink.update(active.streamed)
                 if time.monotonic() - saved_at >= CHECKPOINT_EVERY:
                     # Even a kill -9 then leaves most of a long reply in the database.
-                    await writer.save_reply(message, reply_id, active.streamed, "pending")
+                    await writer.save_reply(
+                        message, reply_id, active.streamed, "pending", shown_in=sink.message_ids
+                    )
                     saved_at = time.monotonic()
             result = await generation.result()
         except asyncio.CancelledError:

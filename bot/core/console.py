@@ -54,6 +54,10 @@ class ConsoleReply:
     async def show_your_turn(self) -> None:
         return None
 
+    @property
+    def message_ids(self) -> list[int]:
+        return []
+
     async def update(self, text: str) -> None:
         if len(text) > self._printed:
             self._write(text[self._printed :])

@@ -20,6 +20,11 @@ class ReplySink(Protocol):
 
     async def update(self, text: str) -> None: ...
 
+    @property
+    def message_ids(self) -> list[int]:
+        """Chat messages that show the reply so far (none for drafts or a terminal)."""
+        ...
+
 
 def conversation_key(user_id: int, chat_id: int) -> str:
     return f"{user_id}:{chat_id}"

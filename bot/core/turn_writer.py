@@ -76,13 +76,22 @@ class TurnWriter:
         text: str,
         status: Status,
         n_tokens: int | None = None,
+        shown_in: list[int] | None = None,
     ) -> None:
-        """A message kept from the last run counts as answered once its reply has ended."""
+        """A message kept from the last run counts as answered once its reply has ended.
+        `shown_in`: the chat messages that show the reply so far, linked already while it is
+        written, so that a reply cut short by a kill is tied to what the user saw."""
         async with self._lock:
             if self._active.forgotten:
                 return
             messages = MessageRepository(self._session)
-            await messages.update(reply_id, text=text, status=status, n_tokens=n_tokens)
+            await messages.update(
+                reply_id,
+                text=text,
+                status=status,
+                n_tokens=n_tokens,
+                telegram_message_ids=shown_in or None,
+            )
             if message.status == "pending" and status != "pending":
                 await messages.update(message.id, status="complete")
             await self._session.commit()

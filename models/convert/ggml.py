@@ -32,6 +32,7 @@ from models.convert.gpt2_vocab import (
     read_tokenizer,
 )
 from models.errors import ModelError
+from models.prompt.templates import RUGPT35_SYSTEM
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +84,7 @@ RUGPT35_CHAT_TEMPLATE = (
     "{%- if messages and messages[0]['role'] == 'system' -%}"
     "{%- set system = messages[0]['content'] -%}{%- set turns = messages[1:] -%}"
     "{%- else -%}"
-    "{%- set system = 'Ты — ruGPT-3.5, русскоязычный автоматический ассистент. "
-    "Ты разговариваешь с людьми и помогаешь им.' -%}{%- set turns = messages -%}"
+    "{%- set system = '" + RUGPT35_SYSTEM + "' -%}{%- set turns = messages -%}"
     "{%- endif -%}"
     "{{- '<s>system\\n' + system | trim + '</s>\\n' -}}"
     "{%- for message in turns -%}"

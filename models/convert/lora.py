@@ -28,7 +28,7 @@ import gguf
 import numpy as np
 
 from models.convert.gguf_output import gguf_output
-from models.convert.torch_checkpoint import load_torch_state_dict
+from models.convert.torch_checkpoint import bf16_to_f32, load_torch_state_dict
 from models.errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def _load_safetensors_bf16(path: Path) -> dict[str, np.ndarray]:
             raise ValueError(f"tensor {name} lies outside the file")
         raw, dtype = data[start:end], spec["dtype"]
         if dtype == "BF16":
-            values = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+            values = bf16_to_f32(raw.view("<u2"))
         elif dtype in _SAFETENSORS_FLOATS:
             values = raw.view(_SAFETENSORS_FLOATS[dtype]).astype(np.float32)
         else:

@@ -37,11 +37,15 @@ class _StorageType:
         self.name = name
 
 
+def bf16_to_f32(halves: np.ndarray) -> np.ndarray:
+    """numpy has no bfloat16: a bf16 value's bits are the upper half of a float32, which holds
+    every bf16 exactly. `halves` are the raw little-endian 16-bit words."""
+    return (halves.astype(np.uint32) << 16).view(np.float32)
+
+
 def _to_float_array(raw: bytes, kind: str) -> np.ndarray:
     if kind == "bfloat16":
-        # numpy has no bfloat16: its bits are the upper half of a float32.
-        halves = np.frombuffer(raw, dtype="<u2").astype(np.uint32)
-        return (halves << 16).view(np.float32)
+        return bf16_to_f32(np.frombuffer(raw, dtype="<u2"))
     return np.frombuffer(raw, dtype=np.dtype(kind).newbyteorder("<"))
 
 

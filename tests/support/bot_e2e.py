@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -70,10 +70,19 @@ class Running:
                 r.status != "pending" and r.telegram_message_ids for r in bots
             )
 
+        await self.wait_async(settled, within, "the reply was not stored in time")
+
+    async def wait_async(
+        self,
+        predicate: Callable[[], Awaitable[bool]],
+        within: float = 60.0,
+        failure: str = "the awaited state did not come in time",
+    ) -> None:
+        """Until an async predicate (a database read, say) holds."""
         deadline = asyncio.get_running_loop().time() + within
-        while not await settled():
+        while not await predicate():
             if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError("the reply was not stored in time")
+                raise AssertionError(failure)
             await asyncio.sleep(0.05)
 
 
