@@ -1,0 +1,200 @@
+"""Several conversations decoded together in one context: the same tokens as alone, cancels
+that touch nobody else, prompts that never hold a stream for more than one chunk."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from sampling import GREEDY
+
+from models.errors import ModelLoadError
+from models.prompt.templates import ChatMessage
+from models.runtime.chat_model import ChatModel, load_chat_model
+from models.runtime.engine import Generation, LogitsProcessor
+from models.runtime.loader import ModelConfig
+from models.runtime.scheduler import BUSY_CHUNK
+from models.runtime.state_cache import StateCacheConfig
+
+SYSTEM = "Ты — Сайга, русскоязычный автоматический ассистент."
+QUESTIONS = [
+    "Привет! Расскажи сказку про кота и лису.",
+    "Как приготовить борщ? Нужны свёкла, капуста и картофель, морковь и лук.",
+    "Что такое нейронная сеть?",
+    "Напиши стихотворение о зиме и морозе. Мороз и солнце; день чудесный!",
+]
+OFF = StateCacheConfig(enabled=False)
+
+
+@pytest.fixture
+async def models(tiny_gguf: Path) -> AsyncIterator[Callable[..., ChatModel]]:
+    opened: list[ChatModel] = []
+
+    def factory(parallel: int, cache: StateCacheConfig = OFF) -> ChatModel:
+        model = load_chat_model(
+            ModelConfig(model_path=tiny_gguf, n_ctx=2048, n_threads=2, seed=7),
+            template="gigasaiga",
+            max_new_tokens=64,
+            sampling=GREEDY,
+            state_cache=cache,
+            parallel=parallel,
+        )
+        opened.append(model)
+        return model
+
+    yield factory
+    for model in opened:
+        await model.close()
+
+
+def no_stop(model: ChatModel) -> LogitsProcessor:
+    """Every reply runs to its cap: the comparison covers all of its tokens."""
+    banned = np.asarray(sorted(model.engine.stop_ids), dtype=np.intp)
+
+    def processor(
+        input_ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]
+    ) -> npt.NDArray[np.single]:
+        scores[banned] = -np.inf
+        return scores
+
+    return processor
+
+
+def prompt(model: ChatModel, question: str) -> list[int]:
+    return model.build_prompt(SYSTEM, [ChatMessage("user", question)]).tokens
+
+
+def generated(model: ChatModel, key: str) -> tuple[int, ...]:
+    transcript = model.engine.transcript(key)
+    assert transcript is not None
+    return transcript.generated
+
+
+async def alone(model: ChatModel, tokens: int = 40) -> list[tuple[int, ...]]:
+    """Each question on its own, one after the other, in a one-sequence context."""
+    out = []
+    for i, question in enumerate(QUESTIONS):
+        generation = model.engine.submit(
+            prompt(model, question), max_new_tokens=tokens, key=f"r{i}",
+            logits_processor=no_stop(model),
+        )  # fmt: skip
+        await generation.result()
+        out.append(generated(model, f"r{i}"))
+    return out
+
+
+async def test_four_conversations_decoded_together_equal_each_alone(
+    models: Callable[..., ChatModel],
+) -> None:
+    reference = await alone(models(1))
+    model = models(4)
+    generations = [
+        model.engine.submit(
+            prompt(model, q), max_new_tokens=40, key=f"k{i}", logits_processor=no_stop(model)
+        )
+        for i, q in enumerate(QUESTIONS)
+    ]
+    results = await asyncio.gather(*(g.result() for g in generations))
+    assert all(r.n_tokens == 40 for r in results)
+    # They really were decoded together: every step of the first reply's tokens also
+    # produced a token of each of the others.
+    shared = set.intersection(*(set(g.token_steps) for g in generations))
+    assert len(shared) >= 30
+    assert [generated(model, f"k{i}") for i in range(4)] == reference
+    assert all(len(set(r)) > 3 for r in reference)  # not one token repeated
+
+
+async def test_cancelling_one_leaves_the_others_unchanged(
+    models: Callable[..., ChatModel],
+) -> None:
+    reference = await alone(models(1))
+    model = models(4)
+    generations = [
+        model.engine.submit(
+            prompt(model, q), max_new_tokens=40, key=f"k{i}", logits_processor=no_stop(model)
+        )
+        for i, q in enumerate(QUESTIONS)
+    ]
+    seen = 0
+    async for _ in generations[1].stream():
+        seen += 1
+        if seen == 5:
+            generations[1].cancel()
+    results = await asyncio.gather(*(g.result() for g in generations))
+    assert results[1].finish_reason == "cancelled"
+    assert results[1].n_tokens <= 7
+    for i in (0, 2, 3):
+        assert results[i].n_tokens == 40
+        assert generated(model, f"k{i}") == reference[i]
+    # The cancelled reply's tokens are a prefix of what it would have said.
+    assert reference[1][: results[1].n_tokens] == generated(model, "k1")
+
+
+async def test_a_long_prompt_never_holds_a_stream_for_more_than_one_chunk(
+    models: Callable[..., ChatModel],
+) -> None:
+    model = models(2)
+    engine = model.engine
+    streaming = engine.submit(
+        prompt(model, QUESTIONS[0]), max_new_tokens=400, key="a", logits_processor=no_stop(model)
+    )
+    long_prompt = model.tokenizer.encode("борщ и щи " * 1000)[:1500]
+    newcomer: Generation | None = None
+    steps_at_submit = 0
+    async for _ in streaming.stream():
+        if newcomer is None and len(streaming.token_steps) >= 5:
+            steps_at_submit = engine.steps
+            newcomer = engine.submit(long_prompt, max_new_tokens=4, key="b")
+    assert newcomer is not None
+    result = await newcomer.result()
+    assert result.n_prompt_evaluated == 1500
+    first_token = newcomer.token_steps[0]
+    # The prompt went in over many steps, a chunk at a time...
+    assert first_token - steps_at_submit >= 1500 // BUSY_CHUNK
+    # ...and each of those steps also gave the streaming reply its next token.
+    during = [s for s in streaming.token_steps if steps_at_submit < s <= first_token]
+    assert during == list(range(during[0], first_token + 1))
+    assert len(during) >= 1500 // BUSY_CHUNK
+    gaps = np.diff(streaming.token_steps)
+    assert gaps.max() == 1
+
+
+async def test_cancel_in_the_middle_of_a_prompt_frees_the_sequence_for_the_next(
+    models: Callable[..., ChatModel],
+) -> None:
+    model = models(2)
+    engine = model.engine
+    long_prompt = model.tokenizer.encode("борщ и щи " * 1000)[:1800]
+    stopped: list[Generation] = []
+    banned = no_stop(model)
+    prefill_steps: list[int] = []
+
+    def stop_mid_prompt(
+        ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]
+    ) -> npt.NDArray[np.single]:
+        # Runs on the worker thread once per step of the streaming reply.
+        if stopped and stopped[0].started.is_set():
+            prefill_steps.append(engine.steps)
+            if len(prefill_steps) == 3:
+                stopped[0].cancel()  # /stop after three chunks of the long prompt
+        return banned(ids, scores)
+
+    streaming = engine.submit(
+        prompt(model, QUESTIONS[0]), max_new_tokens=200, key="a", logits_processor=stop_mid_prompt
+    )
+    await streaming.started.wait()
+    stopped.append(engine.submit(long_prompt, max_new_tokens=4, key="b"))
+    waiting = engine.submit(prompt(model, QUESTIONS[2]), max_new_tokens=4, key="c")
+    result = await stopped[0].result()
+    assert result.finish_reason == "cancelled"
+    assert result.n_tokens == 0
+    assert result.n_prompt_evaluated == 0
+    assert len(prefill_steps) <= 4  # stopped within a step of the /stop
+    # The waiting conversation got the sequence while the stream went on.
+    assert (await waiting.result()).n_tokens == 4
+    assert not streaming.done
+    assert (await streaming.result()).n_tokens == 200
