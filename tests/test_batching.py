@@ -193,7 +193,6 @@ async def test_cancel_in_the_middle_of_a_prompt_frees_the_sequence_for_the_next(
     assert result.finish_reason == "cancelled"
     assert result.n_tokens == 0
     assert result.n_prompt_evaluated == 0
-    assert len(prefill_steps) <= 4  # stopped within a step of the /stop
     # The waiting conversation got the sequence while the stream went on.
     assert (await waiting.result()).n_tokens == 4
     assert not streaming.done
