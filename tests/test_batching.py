@@ -197,3 +197,21 @@ async def test_cancel_in_the_middle_of_a_prompt_frees_the_sequence_for_the_next(
     assert (await waiting.result()).n_tokens == 4
     assert not streaming.done
     assert (await streaming.result()).n_tokens == 200
+
+
+async def test_a_parallel_that_does_not_fit_stops_the_start(
+    tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import models.runtime.context as context
+
+    # A machine with 400 MiB free: the tiny model and four of its 2048-token sequences fit
+    # (1 MiB of KV each, plus a fixed allowance for buffers), two hundred do not.
+    monkeypatch.setattr(context, "available_ram", lambda: 400 * 2**20)
+    config = ModelConfig(model_path=tiny_gguf, n_ctx=2048, n_threads=2)
+    with pytest.raises(
+        ModelLoadError, match=r"PARALLEL=\d+ needs .* the largest PARALLEL that fits is \d+\."
+    ):
+        load_chat_model(config, template="gigasaiga", max_new_tokens=8, parallel=200)
+    model = load_chat_model(config, template="gigasaiga", max_new_tokens=8)
+    assert model.engine.parallel == 4  # the default where it fits
+    await model.close()

@@ -205,9 +205,7 @@ class Runtime:
             batch.seq_id[i][0] = entry.seq
             batch.logits[i] = entry.logits
         batch.n_tokens = len(entries)
-        callback = (
-            llama_cpp.ggml_abort_callback(lambda _data: abort()) if abort else self._no_abort
-        )
+        callback = llama_cpp.ggml_abort_callback(lambda _data: abort()) if abort else self._no_abort
         llama_cpp.llama_set_abort_callback(self.ctx, callback, None)
         try:
             self._ctx.decode(batch)

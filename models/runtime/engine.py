@@ -342,7 +342,7 @@ class ChatEngine:
 
     async def _drop(self, key: str) -> None:
         # Runs between two decode steps, on the worker thread that owns the context.
-        if self._closed and self._worker is None or self._worker and self._worker.done():
+        if self._worker is None or self._worker.done():
             self._scheduler.transcripts.pop(key, None)
             if self.state_cache is not None:
                 self.state_cache.drop(key)  # the context is gone after close()

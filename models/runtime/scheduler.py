@@ -16,6 +16,7 @@ conversation's is evaluated in full, so that timing reveals nothing about other 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import itertools
 import logging
 import time
@@ -180,10 +181,9 @@ class Scheduler:
         if slot.generation is None and slot.pending is not None:
             entry = Entry(slot.seq, slot.pending, len(self.runtime.tokens[slot.seq]), False)
             slot.pending = None
-            try:
+            # On failure the token is simply evaluated with the conversation's next prompt.
+            with contextlib.suppress(DecodeError):
                 self._decode([entry], None)
-            except DecodeError:
-                pass  # the token is simply evaluated with the next prompt
 
     def drop(self, key: str) -> None:
         """/reset, /system, /forget: no cell, kept state or transcript of `key` stays."""
