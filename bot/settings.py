@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import platformdirs
 from pydantic import ByteSize, Field, SecretStr, field_validator
@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(default=512, ge=1)
     n_threads: int | None = Field(default=None, ge=1)
     n_batch: int = Field(default=512, ge=1)
+    # Conversations decoded together; None: chosen from the RAM (up to 4).
+    parallel: int | None = Field(default=None, ge=1)
+    kv_type: Literal["f16", "q8_0"] = "f16"
     n_gpu_layers: int = 0
     use_mlock: bool = False
     temperature: float = Field(default=0.2, ge=0.0)

@@ -186,6 +186,8 @@ def load_model(settings: Settings) -> ChatModel:
                 directory=settings.state_cache_dir,
             ),
             window_low_watermark=settings.window_low_watermark,
+            parallel=settings.parallel,
+            kv_type=settings.kv_type,
         )
     except ModelError as exc:
         raise StartupError(str(exc)) from exc
