@@ -146,7 +146,6 @@ class ChatEngine:
         state_cache: StateCache | None = None,
     ) -> None:
         self._llama = runtime
-        self.state_cache = state_cache
         self.n_ctx = n_ctx
         self.sampling = sampling or SamplingParams()
         eos = int(runtime.model.token_eos())
@@ -166,6 +165,15 @@ class ChatEngine:
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
         self._ids = itertools.count(1)
+
+    @property
+    def state_cache(self) -> StateCache | None:
+        return self._scheduler.state_cache
+
+    @state_cache.setter
+    def state_cache(self, cache: StateCache | None) -> None:
+        """Between requests only (the bench measures with and without)."""
+        self._scheduler.state_cache = cache
 
     @property
     def parallel(self) -> int:
