@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from sampling import GREEDY
+from tiny_model import TinyModelShape, build_tiny_gguf
 
 from models.errors import ModelLoadError
 from models.prompt.templates import ChatMessage
@@ -215,3 +216,37 @@ async def test_a_parallel_that_does_not_fit_stops_the_start(
     model = load_chat_model(config, template="gigasaiga", max_new_tokens=8)
     assert model.engine.parallel == 4  # the default where it fits
     await model.close()
+
+
+async def test_q8_0_kv_cache_takes_less_ram_and_still_answers(
+    models: Callable[..., ChatModel], tiny_gguf: Path, tmp_path: Path
+) -> None:
+    f16 = models(2)
+    # q8_0 packs 32 values a block: the heads must be a multiple of 32 wide (real models are).
+    wide_heads = build_tiny_gguf(tmp_path / "wide.gguf", shape=TinyModelShape(n_head=2))
+    q8 = load_chat_model(
+        ModelConfig(model_path=wide_heads, n_ctx=2048, n_threads=2, seed=7),
+        template="gigasaiga",
+        max_new_tokens=16,
+        sampling=GREEDY,
+        parallel=2,
+        kv_type="q8_0",
+    )
+    try:
+        assert q8.engine._llama.kv_bytes < 0.6 * f16.engine._llama.kv_bytes
+        results = await asyncio.gather(
+            *(
+                q8.engine.submit(prompt(q8, q), max_new_tokens=16, key=f"q{i}").result()
+                for i, q in enumerate(QUESTIONS[:2])
+            )
+        )
+        assert all(r.n_prompt_evaluated == r.n_prompt and r.text for r in results)
+    finally:
+        await q8.close()
+    with pytest.raises(ModelLoadError, match="KV_TYPE"):
+        load_chat_model(
+            ModelConfig(model_path=tiny_gguf, n_ctx=2048),
+            template="gigasaiga",
+            max_new_tokens=16,
+            kv_type="q4",
+        )

@@ -145,9 +145,12 @@ class Runtime:
         self.params = cparams
         ctx = llama_cpp.llama_init_from_model(model, cparams)
         if ctx is None:
+            hint = "lower PARALLEL or N_CTX"
+            if kv_type != "f16":
+                hint += f", or use KV_TYPE=f16 ({kv_type} needs heads a multiple of 32 wide)"
             raise ModelLoadError(
                 f"llama.cpp could not make a context of {self.parallel} x {config.n_ctx} tokens "
-                f"for {config.model_path.name}; lower PARALLEL or N_CTX."
+                f"for {config.model_path.name}; {hint}."
             )
         self._stack.callback(llama_cpp.llama_free, ctx)
         self._ctx = Context(ctx)

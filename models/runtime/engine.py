@@ -204,14 +204,17 @@ class ChatEngine:
 
     def transcript(self, key: str) -> Transcript | None:
         """The last finished reply of the conversation: its prompt and generated ids."""
-        return self._scheduler.transcripts.get(key)
+        with self._scheduler.tables:
+            return self._scheduler.transcripts.get(key)
 
     def last_prompt(self, key: str) -> tuple[bytes, tuple[int, ...]] | None:
-        return self._scheduler.prompts.get(key)
+        with self._scheduler.tables:
+            return self._scheduler.prompts.get(key)
 
     def note_prompt(self, key: str, digest: bytes, tokens: list[int]) -> None:
         """What the conversation's newest prompt was built from (see `follow_up`)."""
-        remember(self._scheduler.prompts, key, (digest, tuple(tokens)))
+        with self._scheduler.tables:
+            remember(self._scheduler.prompts, key, (digest, tuple(tokens)))
 
     def submit(
         self,
@@ -351,9 +354,14 @@ class ChatEngine:
     async def _drop(self, key: str) -> None:
         # Runs between two decode steps, on the worker thread that owns the context.
         if self._worker is None or self._worker.done():
-            self._scheduler.transcripts.pop(key, None)
+            if not self._closed:
+                self._scheduler.drop(key)  # no worker thread: nothing else touches the context
+                return
+            with self._scheduler.tables:  # the context is gone after close()
+                self._scheduler.transcripts.pop(key, None)
+                self._scheduler.prompts.pop(key, None)
             if self.state_cache is not None:
-                self.state_cache.drop(key)  # the context is gone after close()
+                self.state_cache.drop(key)
             return
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
         with self._lock:

@@ -19,6 +19,7 @@ import codecs
 import contextlib
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -105,6 +106,7 @@ class Scheduler:
         # Per conversation: its last reply's ids, and what its last prompt was made of.
         self.transcripts: dict[str, Transcript] = {}
         self.prompts: dict[str, tuple[bytes, tuple[int, ...]]] = {}
+        self.tables = threading.Lock()  # the event loop's thread reads and notes prompts too
         self.steps = 0  # decode calls so far: tests measure latency in steps, not seconds
         self.max_chunk = runtime.n_batch
         self.busy_chunk = min(BUSY_CHUNK, runtime.n_batch)
@@ -189,8 +191,9 @@ class Scheduler:
         """/reset, /system, /forget: no cell, kept state or transcript of `key` stays."""
         if self.state_cache is not None:
             self.state_cache.drop(key)
-        self.transcripts.pop(key, None)
-        self.prompts.pop(key, None)
+        with self.tables:
+            self.transcripts.pop(key, None)
+            self.prompts.pop(key, None)
         for slot in self.slots:
             if slot.key != key:
                 continue
@@ -339,11 +342,9 @@ class Scheduler:
             n_prompt_restored=slot.restored,
         )
         if generation.key is not None and started and not slot.drop_on_finish:
-            remember(
-                self.transcripts,
-                generation.key,
-                Transcript(tuple(generation.prompt), tuple(slot.generated), text),
-            )
+            transcript = Transcript(tuple(generation.prompt), tuple(slot.generated), text)
+            with self.tables:
+                remember(self.transcripts, generation.key, transcript)
         if slot.sampler is not None:
             slot.sampler.close()
         slot.generation, slot.sampler = None, None
