@@ -26,6 +26,10 @@ def bench(
     parallel: Annotated[
         int, typer.Option(min=1, help="Sequences for the several-conversations figures.")
     ] = 4,
+    llama_server: Annotated[
+        Path | None,
+        typer.Option(help="llama.cpp's llama-server binary: the same workload on it, compared."),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Measure follow-up latency with and without kept states, the streaming overhead, and
@@ -49,6 +53,7 @@ def bench(
         gen_tokens=gen_tokens,
         rounds=rounds,
         parallel=parallel,
+        llama_server=llama_server,
     )
 
     def progress(line: str) -> None:

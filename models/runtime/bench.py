@@ -24,6 +24,7 @@ from llama_cpp import Llama
 
 from models.prompt.templates import ChatMessage
 from models.runtime.bench_parallel import aggregate, busy_ttft, no_stop
+from models.runtime.bench_server import server_aggregate
 from models.runtime.chat_model import ChatModel, load_chat_model
 from models.runtime.engine import GenerationResult, LogitsProcessor
 from models.runtime.loader import ModelConfig, load_llama
@@ -55,6 +56,7 @@ class BenchOptions:
     gen_tokens: int = 64  # tokens per throughput run
     rounds: int = 3  # throughput runs of each kind, alternating
     parallel: int = 4  # sequences of the context for the several-at-once figures
+    llama_server: Path | None = None  # llama.cpp's server binary, for the same workload
 
 
 def _text(user: int, turn: int, role: str) -> str:
@@ -173,7 +175,7 @@ async def run_bench(
     # One sequence: every other user's turn pushes a conversation out to the state cache.
     model = await asyncio.to_thread(load, 1)
     try:
-        report, prompts, histories = await _measure(model, options, progress)
+        report, prompts = await _measure(model, options, progress)
     finally:
         await model.close()
     model = await asyncio.to_thread(load, options.parallel)
@@ -189,7 +191,7 @@ async def run_bench(
             await busy_ttft(
                 model,
                 system,
-                histories[0][:-2],
+                build_history(model, system, 0, options.history_tokens),
                 short,
                 options.reply_tokens,
                 options.gen_tokens,
@@ -197,8 +199,23 @@ async def run_bench(
             )
         )
         report["settings"]["parallel"] = model.engine.parallel
+        sampling = model.engine.sampling
     finally:
         await model.close()
+    if options.llama_server is not None:
+        report["llama_server"] = await server_aggregate(
+            options.llama_server,
+            options.model_path,
+            parallel=report["settings"]["parallel"],
+            n_ctx=options.n_ctx,
+            threads=options.n_threads or 1,
+            n_batch=options.n_batch,
+            prompts=short,
+            n_tokens=options.gen_tokens,
+            rounds=options.rounds,
+            sampling=sampling,
+            progress=progress,
+        )
     return report
 
 
@@ -206,7 +223,7 @@ async def _measure(
     model: ChatModel,
     options: BenchOptions,
     progress: Callable[[str], None],
-) -> tuple[dict[str, Any], dict[int, list[int]], dict[int, list[ChatMessage]]]:
+) -> tuple[dict[str, Any], dict[int, list[int]]]:
     engine, cache = model.engine, model.engine.state_cache
     assert cache is not None
     system = model.default_system_prompt
@@ -290,7 +307,7 @@ async def _measure(
         "ttft_s": {"cached": _rounded(ttft_cached), "cold": _rounded(ttft_cold)},
         "state_bytes_per_token": round(state_bytes / state_tokens) if state_tokens else None,
     }
-    return report, prompts, histories
+    return report, prompts
 
 
 async def _throughput(
