@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import llama_cpp
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -250,3 +251,61 @@ async def test_q8_0_kv_cache_takes_less_ram_and_still_answers(
             max_new_tokens=16,
             kv_type="q4",
         )
+
+
+async def test_no_kv_slot_shrinks_the_batch_instead_of_failing(
+    models: Callable[..., ChatModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from models.runtime.context import DecodeError
+
+    reference = await alone(models(1))
+    model = models(2)
+    context = model.engine._llama._ctx
+    decode = context.decode
+    refused: list[int] = []
+
+    def no_slot_for_big_batches(batch: llama_cpp.llama_batch) -> None:
+        if batch.n_tokens > 16 and len(refused) < 3:
+            refused.append(batch.n_tokens)
+            raise DecodeError(1)  # what llama_decode says when no KV slot fits the batch
+        decode(batch)
+
+    monkeypatch.setattr(context, "decode", no_slot_for_big_batches)
+    generations = [
+        model.engine.submit(
+            prompt(model, q), max_new_tokens=40, key=f"k{i}", logits_processor=no_stop(model)
+        )
+        for i, q in enumerate(QUESTIONS[:2])
+    ]
+    results = await asyncio.gather(*(g.result() for g in generations))
+    assert len(refused) == 3 and refused == sorted(refused, reverse=True)
+    assert all(r.n_tokens == 40 for r in results)
+    assert [generated(model, f"k{i}") for i in range(2)] == reference[:2]
+
+
+async def test_lora_and_its_scale_apply_to_the_batched_context(
+    tiny_gguf: Path, tiny_lora: Path
+) -> None:
+    async def reply(lora: Path | None, scale: float) -> tuple[int, ...]:
+        model = load_chat_model(
+            ModelConfig(model_path=tiny_gguf, n_ctx=512, lora_path=lora, lora_scale=scale),
+            template="gigasaiga",
+            max_new_tokens=20,
+            sampling=GREEDY,
+            parallel=2,
+        )
+        try:
+            await model.engine.submit(
+                prompt(model, QUESTIONS[0]),
+                max_new_tokens=20,
+                key="a",
+                logits_processor=no_stop(model),
+            ).result()
+            return generated(model, "a")
+        finally:
+            await model.close()
+
+    base = await reply(None, 1.0)
+    adapted = await reply(tiny_lora, 1.0)
+    assert adapted != base
+    assert await reply(tiny_lora, 0.0) == base

@@ -298,7 +298,8 @@ class Scheduler:
     def _sample(self, slot: Slot, index: int) -> None:
         generation = slot.generation
         assert generation is not None and slot.sampler is not None and slot.decoder is not None
-        ids = [*generation.prompt, *slot.generated]
+        # The sequence's ids so far, only built for a logits processor that looks at them.
+        ids = [*generation.prompt, *slot.generated] if generation.logits_processor else []
         token = slot.sampler.sample(self.runtime, index, ids, generation.logits_processor)
         generation.token_steps.append(self.steps)
         if slot.first_token_at is None:
