@@ -23,17 +23,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
 from models.runtime.context import DecodeError, Entry, Runtime
+from models.runtime.generation import FinishReason, Generation, GenerationResult
 from models.runtime.kv_state import capture, common_prefix, restore
 from models.runtime.sampler import SamplingParams, SequenceSampler
 from models.runtime.state_cache import StateCache
-
-if TYPE_CHECKING:
-    from models.runtime.engine import FinishReason, Generation
 
 logger = logging.getLogger(__name__)
 V = TypeVar("V")
@@ -320,8 +318,6 @@ class Scheduler:
             self.finish(slot, "length")
 
     def finish(self, slot: Slot, reason: FinishReason) -> None:
-        from models.runtime.engine import GenerationResult
-
         generation = slot.generation
         assert generation is not None and slot.decoder is not None
         tail = slot.decoder.decode(b"", final=True)
