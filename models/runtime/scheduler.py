@@ -154,13 +154,13 @@ class Scheduler:
         prefix = min(common_prefix(np.asarray(runtime.tokens[slot.seq], np.intc), prompt),
                      len(prompt) - 1)  # fmt: skip
         runtime.truncate(slot.seq, prefix)
-        slot.generation = generation
+        sampler = SequenceSampler(self.sampling, generation.prompt, runtime.n_vocab)
+        slot.generation, slot.sampler = generation, sampler
         slot.prompt_pos = prefix
         slot.evaluated = len(prompt) - prefix
         slot.restored = prefix if restored else 0
         slot.generated, slot.pieces = [], []
         slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        slot.sampler = SequenceSampler(self.sampling, generation.prompt, runtime.n_vocab)
         slot.admitted_at, slot.first_token_at = time.perf_counter(), None
         slot.drop_on_finish = False
         logger.debug("sequence %d: %d of %d prompt tokens kept", slot.seq, prefix, len(prompt))
