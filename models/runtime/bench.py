@@ -334,6 +334,10 @@ async def _throughput(
     raw_runs: list[float] = []
     pipeline_runs: list[float] = []
     try:
+        # One unmeasured run of each first: the first tokens of a fresh context touch its
+        # buffers' pages for the first time.
+        await asyncio.to_thread(_raw_arrivals, raw_llama, prompt, 8, processor, raw_sampling)
+        await _timed(model, prompt, "warm-up", 8, processor)
         for attempt in range(options.rounds):
             times = await asyncio.to_thread(
                 _raw_arrivals, raw_llama, prompt, options.gen_tokens, processor, raw_sampling
