@@ -117,6 +117,10 @@ async def server_aggregate(
     with llama_server(
         binary, model, parallel=parallel, n_ctx=n_ctx, threads=threads, n_batch=n_batch
     ) as port:
+        chosen = [prompts[i % len(prompts)] for i in range(max(counts))]
+        await asyncio.gather(
+            *(asyncio.to_thread(stream_times, port, p, 8, sampling) for p in chosen)
+        )  # unmeasured, as for the bot
         for _ in range(rounds):
             for n in counts:
                 chosen = [prompts[i % len(prompts)] for i in range(n)]
