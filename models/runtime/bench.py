@@ -11,6 +11,7 @@ on a context of PARALLEL sequences, see `bench_parallel`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import statistics
@@ -24,7 +25,7 @@ from llama_cpp import Llama
 
 from models.prompt.templates import ChatMessage
 from models.runtime.bench_parallel import aggregate, busy_ttft, no_stop
-from models.runtime.bench_server import server_aggregate
+from models.runtime.bench_server import llama_server, server_runner
 from models.runtime.chat_model import ChatModel, load_chat_model
 from models.runtime.engine import GenerationResult, LogitsProcessor
 from models.runtime.loader import ModelConfig, load_llama
@@ -186,7 +187,25 @@ async def run_bench(
             model.build_prompt(system, [ChatMessage("user", _text(u, 7, "user"))]).tokens
             for u in range(4)
         ]
-        report.update(await aggregate(model, short, options.gen_tokens, options.rounds, progress))
+        with contextlib.ExitStack() as stack:
+            others = {}
+            if options.llama_server is not None:
+                progress("starting llama-server with the same model, slots and settings")
+                port = await asyncio.to_thread(
+                    stack.enter_context,
+                    llama_server(
+                        options.llama_server,
+                        options.model_path,
+                        parallel=model.engine.parallel,
+                        n_ctx=options.n_ctx,
+                        threads=options.n_threads or 1,
+                        n_batch=options.n_batch,
+                    ),
+                )
+                others["llama_server"] = server_runner(port, model.engine.sampling)
+            report.update(
+                await aggregate(model, short, options.gen_tokens, options.rounds, progress, others)
+            )
         report.update(
             await busy_ttft(
                 model,
@@ -199,23 +218,8 @@ async def run_bench(
             )
         )
         report["settings"]["parallel"] = model.engine.parallel
-        sampling = model.engine.sampling
     finally:
         await model.close()
-    if options.llama_server is not None:
-        report["llama_server"] = await server_aggregate(
-            options.llama_server,
-            options.model_path,
-            parallel=report["settings"]["parallel"],
-            n_ctx=options.n_ctx,
-            threads=options.n_threads or 1,
-            n_batch=options.n_batch,
-            prompts=short,
-            n_tokens=options.gen_tokens,
-            rounds=options.rounds,
-            sampling=sampling,
-            progress=progress,
-        )
     return report
 
 

@@ -12,7 +12,8 @@ import asyncio
 import itertools
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -74,31 +75,52 @@ async def streams(
     return times
 
 
+Runner = Callable[[list[list[int]], int, str], Awaitable[list[list[float]]]]
+
+
+def summary(best: dict[int, float]) -> dict[str, dict[str, float]]:
+    alone = best[1]
+    counts = sorted(best)
+    return {
+        "tokens_per_s": {str(n): round(best[n], 2) for n in counts},
+        "aggregate_speedup": {str(n): round(best[n] / alone, 3) for n in counts if n > 1},
+        "per_user_ratio": {str(n): round(best[n] / n / alone, 3) for n in counts if n > 1},
+    }
+
+
 async def aggregate(
     model: ChatModel,
     prompts: Sequence[list[int]],
     n_tokens: int,
     rounds: int,
     progress: Callable[[str], None],
-) -> dict[str, dict[str, float]]:
-    """Tokens per second of 1, 2 and 4 (up to PARALLEL) streams together."""
+    others: dict[str, Runner] | None = None,
+) -> dict[str, Any]:
+    """Tokens per second of 1, 2 and 4 (up to PARALLEL) streams together; `others` (say,
+    llama.cpp's server) run the same workload in turn with the bot, so that both meet the
+    same load on a shared machine."""
     counts = sorted({1, *(n for n in (2, 4) if n <= model.engine.parallel)})
-    best: dict[int, float] = {}
-    # Unmeasured: the first tokens in each sequence touch its KV pages for the first time.
-    await streams(model, [prompts[i % len(prompts)] for i in range(max(counts))], 8, "warm-up")
+
+    async def ours(chosen: list[list[int]], n: int, tag: str) -> list[list[float]]:
+        return await streams(model, chosen, n, tag)
+
+    runners: dict[str, Runner] = {"bot": ours, **(others or {})}
+    best: dict[str, dict[int, float]] = {name: {} for name in runners}
+    widest = [prompts[i % len(prompts)] for i in range(max(counts))]
+    for name, runner in runners.items():
+        # Unmeasured: the first tokens in each sequence touch its KV pages for the first time.
+        await runner(widest, 8, f"warm-up.{name}.")
     for attempt in range(rounds):
         for n in counts:
-            chosen = [prompts[i % len(prompts)] for i in range(n)]
-            times = await streams(model, chosen, n_tokens, f"agg{attempt}.{n}.")
-            total = sum(rate(t) for t in times)
-            best[n] = max(best.get(n, 0.0), total)
-            progress(f"{n} conversation(s) at once: {total:.1f} tokens/s in all")
-    alone = best[1]
-    return {
-        "tokens_per_s": {str(n): round(best[n], 2) for n in counts},
-        "aggregate_speedup": {str(n): round(best[n] / alone, 3) for n in counts if n > 1},
-        "per_user_ratio": {str(n): round(best[n] / n / alone, 3) for n in counts if n > 1},
-    }
+            for name, runner in runners.items():
+                times = await runner(widest[:n], n_tokens, f"agg{attempt}.{n}.")
+                total = sum(rate(t) for t in times)
+                best[name][n] = max(best[name].get(n, 0.0), total)
+                progress(f"{name}, {n} conversation(s) at once: {total:.1f} tokens/s in all")
+    report: dict[str, Any] = summary(best.pop("bot"))
+    for name, figures in best.items():
+        report[name] = summary(figures)
+    return report
 
 
 async def first_token(model: ChatModel, prompt: list[int], key: str, n_tokens: int) -> float:

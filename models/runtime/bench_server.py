@@ -15,11 +15,11 @@ import json
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from models.runtime.bench_parallel import rate
+from models.runtime.bench_parallel import Runner
 from models.runtime.sampler import SamplingParams
 
 
@@ -98,42 +98,12 @@ def stream_times(
     return times
 
 
-async def server_aggregate(
-    binary: Path,
-    model: Path,
-    *,
-    parallel: int,
-    n_ctx: int,
-    threads: int,
-    n_batch: int,
-    prompts: Sequence[list[int]],
-    n_tokens: int,
-    rounds: int,
-    sampling: SamplingParams,
-    progress: Callable[[str], None],
-) -> dict[str, Any]:
-    counts = sorted({1, *(n for n in (2, 4) if n <= parallel)})
-    best: dict[int, float] = {}
-    with llama_server(
-        binary, model, parallel=parallel, n_ctx=n_ctx, threads=threads, n_batch=n_batch
-    ) as port:
-        chosen = [prompts[i % len(prompts)] for i in range(max(counts))]
-        await asyncio.gather(
-            *(asyncio.to_thread(stream_times, port, p, 8, sampling) for p in chosen)
-        )  # unmeasured, as for the bot
-        for _ in range(rounds):
-            for n in counts:
-                chosen = [prompts[i % len(prompts)] for i in range(n)]
-                times = await asyncio.gather(
-                    *(asyncio.to_thread(stream_times, port, p, n_tokens, sampling) for p in chosen)
-                )
-                total = sum(rate(t) for t in times)
-                best[n] = max(best.get(n, 0.0), total)
-                progress(f"llama-server, {n} at once: {total:.1f} tokens/s in all")
-    alone = best[1]
-    return {
-        "slots": parallel,
-        "tokens_per_s": {str(n): round(best[n], 2) for n in counts},
-        "aggregate_speedup": {str(n): round(best[n] / alone, 3) for n in counts if n > 1},
-        "per_user_ratio": {str(n): round(best[n] / n / alone, 3) for n in counts if n > 1},
-    }
+def server_runner(port: int, sampling: SamplingParams) -> Runner:
+    """Streams on the server, for `bench_parallel.aggregate`."""
+
+    async def run(prompts: list[list[int]], n_tokens: int, tag: str) -> list[list[float]]:
+        return await asyncio.gather(
+            *(asyncio.to_thread(stream_times, port, p, n_tokens, sampling) for p in prompts)
+        )
+
+    return run
