@@ -325,7 +325,7 @@ async def _throughput(
     engine = model.engine
     processor = no_stop(sorted(engine.stop_ids))
     sampling = engine.sampling
-    raw_llama = await asyncio.to_thread(load_llama, config)
+    raw_llama = await engine.on_worker(load_llama, config)
     raw_sampling = {
         "top_k": sampling.top_k,
         "top_p": sampling.top_p,
@@ -340,10 +340,10 @@ async def _throughput(
     try:
         # One unmeasured run of each first: the first tokens of a fresh context touch its
         # buffers' pages for the first time.
-        await asyncio.to_thread(_raw_arrivals, raw_llama, prompt, 8, processor, raw_sampling)
+        await engine.on_worker(_raw_arrivals, raw_llama, prompt, 8, processor, raw_sampling)
         await _timed(model, prompt, "warm-up", 8, processor)
         for attempt in range(options.rounds):
-            times = await asyncio.to_thread(
+            times = await engine.on_worker(
                 _raw_arrivals, raw_llama, prompt, options.gen_tokens, processor, raw_sampling
             )
             raw_gaps += _gaps(times)
@@ -360,7 +360,7 @@ async def _throughput(
             )
         shape = model_shape(raw_llama, options.model_path)
     finally:
-        raw_llama.close()
+        await engine.on_worker(raw_llama.close)
     raw, pipeline = _rate(raw_gaps), _rate(pipeline_gaps)
     return {
         "raw_tokens_per_s": round(raw, 2),

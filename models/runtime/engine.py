@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import itertools
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from models.runtime.context import Runtime
 from models.runtime.generation import FinishReason, Generation, GenerationResult, unstarted
@@ -35,6 +38,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ChatEngine:
@@ -242,6 +246,13 @@ class ChatEngine:
                 done.set_exception(exc)
             else:
                 done.set_result(None)
+
+    async def on_worker(self, function: Callable[..., T], *args: object) -> T:
+        """Run `function` on the worker thread, between generations. The bench runs plain
+        llama-cpp-python there: llama.cpp's OpenMP threads belong to the calling thread, and a
+        second team on another thread slows this one down for as long as it exists."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(function, *args))
 
     # -- conversations ------------------------------------------------------------------------
 
