@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 override CMAKE_ARGS := $(shell sh deploy/cmake-args.sh) $(CMAKE_ARGS)
 export CMAKE_ARGS
 
-.PHONY: install install-dev tools run test test-fast lint bench clean
+.PHONY: install install-dev tools run test test-fast lint bench bench-server clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,24 @@ bench: install-dev
 	mkdir -p build
 	$(BIN)/python tests/support/tiny_model.py --bench build/bench.gguf
 	$(BIN)/domovoy bench --model build/bench.gguf --history-tokens 1500 --users 3 --json
+
+# The same bench, with the several-at-once workload also run on llama.cpp's own server, built
+# from the llama.cpp sources of the installed llama-cpp-python (its sdist) with our CPU flags.
+LLAMA_SERVER := build/llama-server-build/bin/llama-server
+$(LLAMA_SERVER): | install-dev
+	mkdir -p build/llama-server-src
+	$(BIN)/pip download --no-binary :all: --no-deps --dest build/llama-server-src \
+		"llama-cpp-python==$$($(BIN)/python -c 'import llama_cpp; print(llama_cpp.__version__)')"
+	cd build/llama-server-src && tar -xzf llama_cpp_python-*.tar.gz
+	cmake -S build/llama-server-src/llama_cpp_python-*/vendor/llama.cpp -B build/llama-server-build \
+		-DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF $(CMAKE_ARGS)
+	cmake --build build/llama-server-build --target llama-server -j2
+
+bench-server: install-dev $(LLAMA_SERVER)
+	mkdir -p build
+	$(BIN)/python tests/support/tiny_model.py --bench build/bench.gguf
+	$(BIN)/domovoy bench --model build/bench.gguf --history-tokens 1500 --users 3 --json \
+		--llama-server $(LLAMA_SERVER)
 
 clean:
 	rm -rf $(VENV)

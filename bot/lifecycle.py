@@ -49,6 +49,8 @@ def load_model(settings: Settings) -> ChatModel:
             sampling=settings.sampling.to_config(),
             state_cache=settings.cache.to_config(settings.storage.state_cache_dir),
             window_low_watermark=settings.model.window_low_watermark,
+            parallel=settings.model.parallel,
+            kv_type=settings.model.kv_type,
         )
     except ModelError as exc:
         raise StartupError(str(exc)) from exc

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import platformdirs
 from pydantic import BaseModel, ByteSize, Field, SecretStr, field_validator, model_validator
@@ -82,6 +82,9 @@ class ModelSettings(BaseModel):
     max_new_tokens: int = Field(default=512, ge=1)
     n_threads: int | None = Field(default=None, ge=1)
     n_batch: int = Field(default=512, ge=1)
+    # Conversations decoded together; None: chosen from the RAM (up to 4).
+    parallel: int | None = Field(default=None, ge=1)
+    kv_type: Literal["f16", "q8_0"] = "f16"
     n_gpu_layers: int = 0
     use_mlock: bool = False
     # The window slides down to this fraction of N_CTX - MAX_NEW_TOKENS (1 = one turn at a time).

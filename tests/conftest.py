@@ -34,6 +34,7 @@ async def chat_model(tiny_gguf: Path) -> AsyncIterator[ChatModel]:
         template="gigasaiga",
         max_new_tokens=64,
         sampling=GREEDY,
+        parallel=1,  # the tests of one sequence's behaviour; test_batching covers several
     )
     yield model
     await model.close()

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import llama_cpp
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -116,10 +117,10 @@ async def test_cancel_stops_a_long_prompt_evaluation_midway(
     llama = engine._llama
     prompt = chat_model.tokenizer.encode("борщ и щи " * 1000)[:1900]
     generation = engine.submit(prompt, max_new_tokens=8)
-    context, decode = llama._ctx, llama._ctx.decode  # type: ignore[attr-defined]
+    context, decode = llama._ctx, llama._ctx.decode
     batches = []
 
-    def decode_then_cancel(batch: object) -> None:
+    def decode_then_cancel(batch: llama_cpp.llama_batch) -> None:
         batches.append(batch)
         if len(batches) == 2:
             generation.cancel()  # /stop while llama.cpp is inside the second batch

@@ -61,6 +61,7 @@ def load(
         max_new_tokens=40,
         sampling=GREEDY,
         state_cache=cache,
+        parallel=1,  # one sequence: every other conversation's turn evicts the state
     )
 
 

@@ -23,9 +23,17 @@ def bench(
     ] = None,
     gen_tokens: Annotated[int, typer.Option(min=2, help="Tokens per throughput run.")] = 64,
     rounds: Annotated[int, typer.Option(min=1, help="Throughput runs of each kind.")] = 3,
+    parallel: Annotated[
+        int, typer.Option(min=1, help="Sequences for the several-conversations figures.")
+    ] = 4,
+    llama_server: Annotated[
+        Path | None,
+        typer.Option(help="llama.cpp's llama-server binary: the same workload on it, compared."),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Measure follow-up latency with and without kept states, and the streaming overhead."""
+    """Measure follow-up latency with and without kept states, the streaming overhead, and
+    what decoding several conversations together gives."""
     from bot.settings import Settings
     from models.errors import ModelError
     from models.runtime.bench import BenchOptions, run_bench
@@ -44,6 +52,8 @@ def bench(
         template=settings.model.template,
         gen_tokens=gen_tokens,
         rounds=rounds,
+        parallel=parallel,
+        llama_server=llama_server,
     )
 
     def progress(line: str) -> None:
@@ -65,6 +75,12 @@ def bench(
         "pipeline_tokens_per_s",
         "throughput_ratio",
         "state_bytes_per_token",
+        "aggregate_speedup",
+        "per_user_ratio",
+        "busy_ttft_s",
+        "idle_ttft_s",
+        "new_turn_tokens",
+        "follow_up_evaluated_tokens",
     ):
         typer.echo(f"{name}: {report[name]}")
     shape = report["model"]

@@ -245,7 +245,7 @@ class ChatService:
             # Read again: a /system sent while this reply waited applies to it.
             current = await UserRepository(session).get(user.id) or user
             window = self.model.build_prompt(
-                self.system_prompt_for(current), to_turns(history, message.id)
+                self.system_prompt_for(current), to_turns(history, message.id), key=active.key
             )
             reply_id = await writer.open_reply(message.conversation_id)
             if reply_id is None:

@@ -1,13 +1,17 @@
-"""`domovoy bench`: what kept conversation states buy, and what the streaming path costs.
+"""`domovoy bench`: what kept conversation states buy, what the streaming path costs, and
+what decoding several conversations together gives.
 
 Time to first token of a follow-up after another user spoke, with the conversation's kept
-state and without it (a full evaluation); tokens per second of llama-cpp-python alone against
-the bot's generation path (worker thread, queue, UTF-8 safe streaming into the event loop).
+state and without it (a full evaluation), on a one-sequence context so that the state really
+goes through the cache; tokens per second of llama-cpp-python alone against the bot's
+generation path (worker thread, scheduler, UTF-8 safe streaming into the event loop); then,
+on a context of PARALLEL sequences, see `bench_parallel`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import statistics
@@ -17,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 from llama_cpp import Llama
 
 from models.prompt.templates import ChatMessage
+from models.runtime.bench_parallel import aggregate, busy_ttft, no_stop
+from models.runtime.bench_server import llama_server, server_runner
 from models.runtime.chat_model import ChatModel, load_chat_model
 from models.runtime.engine import GenerationResult, LogitsProcessor
 from models.runtime.loader import ModelConfig, load_llama
@@ -52,6 +56,8 @@ class BenchOptions:
     reply_tokens: int = 16  # replies while the conversations are built
     gen_tokens: int = 64  # tokens per throughput run
     rounds: int = 3  # throughput runs of each kind, alternating
+    parallel: int = 4  # sequences of the context for the several-at-once figures
+    llama_server: Path | None = None  # llama.cpp's server binary, for the same workload
 
 
 def _text(user: int, turn: int, role: str) -> str:
@@ -81,19 +87,6 @@ def build_history(
             return history
         history = candidate
         turn += 1
-
-
-def _no_stop(stop_ids: Sequence[int]) -> LogitsProcessor:
-    """Both throughput runs generate exactly the tokens asked for."""
-    banned = np.asarray(sorted(stop_ids), dtype=np.intp)
-
-    def processor(
-        input_ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]
-    ) -> npt.NDArray[np.single]:
-        scores[banned] = -np.inf
-        return scores
-
-    return processor
 
 
 async def _timed(
@@ -170,61 +163,110 @@ async def run_bench(
         n_batch=options.n_batch,
         seed=1,
     )
-    model = await asyncio.to_thread(
-        load_chat_model,
-        config,
-        template=options.template,
-        max_new_tokens=options.gen_tokens,
-        state_cache=StateCacheConfig(ram_bytes=64 * 2**30),
-    )
+
+    def load(parallel: int) -> ChatModel:
+        return load_chat_model(
+            config,
+            template=options.template,
+            max_new_tokens=options.gen_tokens,
+            state_cache=StateCacheConfig(ram_bytes=64 * 2**30),
+            parallel=parallel,
+        )
+
+    # One sequence: every other user's turn pushes a conversation out to the state cache.
+    model = await asyncio.to_thread(load, 1)
     try:
-        return await _measure(model, config, options, progress)
+        report, prompts = await _measure(model, options, progress)
     finally:
         await model.close()
+    model = await asyncio.to_thread(load, options.parallel)
+    try:
+        report.update(await _throughput(model, config, options, prompts[0], progress))
+        system = model.default_system_prompt
+        short = [
+            model.build_prompt(system, [ChatMessage("user", _text(u, 7, "user"))]).tokens
+            for u in range(4)
+        ]
+        with contextlib.ExitStack() as stack:
+            others = {}
+            if options.llama_server is not None:
+                progress("starting llama-server with the same model, slots and settings")
+                port = await asyncio.to_thread(
+                    stack.enter_context,
+                    llama_server(
+                        options.llama_server,
+                        options.model_path,
+                        parallel=model.engine.parallel,
+                        n_ctx=options.n_ctx,
+                        threads=options.n_threads or 1,
+                        n_batch=options.n_batch,
+                    ),
+                )
+                others["llama_server"] = server_runner(port, model.engine.sampling)
+            report.update(
+                await aggregate(model, short, options.gen_tokens, options.rounds, progress, others)
+            )
+        report.update(
+            await busy_ttft(
+                model,
+                system,
+                build_history(model, system, 0, options.history_tokens),
+                short,
+                options.reply_tokens,
+                options.gen_tokens,
+                progress,
+            )
+        )
+        report["settings"]["parallel"] = model.engine.parallel
+    finally:
+        await model.close()
+    return report
 
 
 async def _measure(
     model: ChatModel,
-    config: ModelConfig,
     options: BenchOptions,
     progress: Callable[[str], None],
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[int, list[int]]]:
     engine, cache = model.engine, model.engine.state_cache
     assert cache is not None
     system = model.default_system_prompt
-    head = [ChatMessage("system", system)] if system else []
     users = range(options.users)
+    if options.history_tokens + 200 > options.n_ctx - options.gen_tokens:
+        raise ValueError(
+            f"a history of {options.history_tokens} tokens leaves no room for the follow-ups "
+            f"in n_ctx={options.n_ctx}; ask for fewer --history-tokens"
+        )
     histories = {u: build_history(model, system, u, options.history_tokens) for u in users}
-    room = options.n_ctx - max(options.reply_tokens, options.gen_tokens)
 
-    def encode(messages: list[ChatMessage]) -> list[int]:
-        tokens = model.template.encode([*head, *messages], model.tokenizer)
-        if len(tokens) > room:
-            raise ValueError(
-                f"a prompt of {len(tokens)} tokens leaves no room for the reply in "
-                f"n_ctx={options.n_ctx}; ask for fewer --history-tokens"
-            )
-        return tokens
+    def prompt(u: int) -> list[int]:
+        # Keyed: the previous reply goes in as the ids the model generated.
+        window = model.build_prompt(system, histories[u], key=f"u{u}")
+        if window.dropped_turns:
+            raise ValueError("the history does not fit; ask for fewer --history-tokens")
+        return window.tokens
 
     # Each user asks once: the replies are what a bot would store, and their states are kept.
-    first_prompts = {}
     for u in users:
         histories[u].append(ChatMessage("user", _text(u, 99, "user")))
-        # Checked before minutes of evaluation: the follow-up adds a reply and a question.
-        first_prompts[u] = encode(histories[u])
-        encode([*histories[u], *histories[u][-2:]])
-    for u in users:
         progress(f"conversation {u + 1}/{options.users}: evaluating its history")
-        _, _, result = await _timed(model, first_prompts[u], f"u{u}", options.reply_tokens)
+        _, _, result = await _timed(model, prompt(u), f"u{u}", options.reply_tokens)
         histories[u].append(ChatMessage("bot", result.text))
 
     # Follow-ups, interleaved: another user always ran in between.
     prompts: dict[int, list[int]] = {}
+    new_turn: list[int | None] = []
     cached: list[GenerationResult] = []
     ttft_cached: list[float] = []
     for u in users:
         histories[u].append(ChatMessage("user", _text(u, 100, "user")))
-        prompts[u] = encode(histories[u])
+        prompts[u] = prompt(u)
+        before = engine.transcript(f"u{u}")
+        spliced = before is not None and prompts[u][: len(before.prompt)] == list(before.prompt)
+        assert before is not None
+        new_turn.append(
+            len(prompts[u]) - len(before.prompt) - len(before.generated) if spliced else None
+        )
         seconds, _, result = await _timed(model, prompts[u], f"u{u}", options.reply_tokens)
         progress(f"follow-up {u + 1} with its kept state: {seconds:.2f} s to the first token")
         ttft_cached.append(seconds)
@@ -243,52 +285,12 @@ async def _measure(
         cold.append(result)
     engine.state_cache = cache
 
-    # Throughput: the same prompt, model, settings and sampler, best of a few runs each.
-    prompt = prompts[0]
-    processor = _no_stop(sorted(engine.stop_ids))
-    sampling = engine.sampling
-    raw_llama = await asyncio.to_thread(load_llama, config)
-    raw_sampling = {
-        "top_k": sampling.top_k,
-        "top_p": sampling.top_p,
-        "min_p": 0.0,
-        "temp": sampling.temperature,
-        "repeat_penalty": sampling.repeat_penalty,
-    }
-    raw_gaps: list[float] = []
-    pipeline_gaps: list[float] = []
-    raw_runs: list[float] = []
-    pipeline_runs: list[float] = []
-    try:
-        for attempt in range(options.rounds):
-            times = await asyncio.to_thread(
-                _raw_arrivals, raw_llama, prompt, options.gen_tokens, processor, raw_sampling
-            )
-            raw_gaps += _gaps(times)
-            raw_runs.append(_rate(_gaps(times)))
-            _, arrivals, result = await _timed(model, prompt, "u0", options.gen_tokens, processor)
-            pipeline_gaps += _gaps(arrivals)
-            pipeline_runs.append(_rate(_gaps(arrivals)))
-            progress(
-                f"throughput run {attempt + 1}/{options.rounds}: llama-cpp-python "
-                f"{raw_runs[-1]:.2f} tok/s, pipeline {pipeline_runs[-1]:.2f} tok/s "
-                f"({result.n_tokens} tokens, {len(arrivals)} deltas)"
-            )
-        shape = model_shape(raw_llama, options.model_path)
-    finally:
-        raw_llama.close()
-
     # Medians: a few requests hit by other processes' bursts do not decide the figure.
     cold_s, cached_s = statistics.median(ttft_cold), statistics.median(ttft_cached)
-    raw, pipeline = _rate(raw_gaps), _rate(pipeline_gaps)
-    return {
+    report = {
         "ttft_cold_s": round(cold_s, 3),
         "ttft_cached_s": round(cached_s, 3),
         "ttft_ratio": round(cached_s / cold_s, 4),
-        "raw_tokens_per_s": round(raw, 2),
-        "pipeline_tokens_per_s": round(pipeline, 2),
-        "throughput_ratio": round(pipeline / raw, 4),
-        "model": shape,
         "settings": {
             "n_ctx": options.n_ctx,
             "n_batch": options.n_batch,
@@ -305,9 +307,67 @@ async def _measure(
             "cached": [r.n_prompt_evaluated for r in cached],
             "cold": [r.n_prompt_evaluated for r in cold],
         },
+        "new_turn_tokens": new_turn,
         "ttft_s": {"cached": _rounded(ttft_cached), "cold": _rounded(ttft_cold)},
-        "tokens_per_s_runs": {"raw": _rounded(raw_runs), "pipeline": _rounded(pipeline_runs)},
         "state_bytes_per_token": round(state_bytes / state_tokens) if state_tokens else None,
+    }
+    return report, prompts
+
+
+async def _throughput(
+    model: ChatModel,
+    config: ModelConfig,
+    options: BenchOptions,
+    prompt: list[int],
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """One stream: llama-cpp-python alone against the bot's path, same prompt and sampler."""
+    engine = model.engine
+    processor = no_stop(sorted(engine.stop_ids))
+    sampling = engine.sampling
+    raw_llama = await engine.on_worker(load_llama, config)
+    raw_sampling = {
+        "top_k": sampling.top_k,
+        "top_p": sampling.top_p,
+        "min_p": 0.0,
+        "temp": sampling.temperature,
+        "repeat_penalty": sampling.repeat_penalty,
+    }
+    raw_gaps: list[float] = []
+    pipeline_gaps: list[float] = []
+    raw_runs: list[float] = []
+    pipeline_runs: list[float] = []
+    try:
+        # One unmeasured run of each first: the first tokens of a fresh context touch its
+        # buffers' pages for the first time.
+        await engine.on_worker(_raw_arrivals, raw_llama, prompt, 8, processor, raw_sampling)
+        await _timed(model, prompt, "warm-up", 8, processor)
+        for attempt in range(options.rounds):
+            times = await engine.on_worker(
+                _raw_arrivals, raw_llama, prompt, options.gen_tokens, processor, raw_sampling
+            )
+            raw_gaps += _gaps(times)
+            raw_runs.append(_rate(_gaps(times)))
+            _, arrivals, result = await _timed(
+                model, prompt, f"t{attempt}", options.gen_tokens, processor
+            )
+            pipeline_gaps += _gaps(arrivals)
+            pipeline_runs.append(_rate(_gaps(arrivals)))
+            progress(
+                f"throughput run {attempt + 1}/{options.rounds}: llama-cpp-python "
+                f"{raw_runs[-1]:.2f} tok/s, pipeline {pipeline_runs[-1]:.2f} tok/s "
+                f"({result.n_tokens} tokens, {len(arrivals)} deltas)"
+            )
+        shape = model_shape(raw_llama, options.model_path)
+    finally:
+        await engine.on_worker(raw_llama.close)
+    raw, pipeline = _rate(raw_gaps), _rate(pipeline_gaps)
+    return {
+        "raw_tokens_per_s": round(raw, 2),
+        "pipeline_tokens_per_s": round(pipeline, 2),
+        "throughput_ratio": round(pipeline / raw, 4),
+        "model": shape,
+        "tokens_per_s_runs": {"raw": _rounded(raw_runs), "pipeline": _rounded(pipeline_runs)},
     }
 
 

@@ -55,6 +55,8 @@ class StateIdentity:
     # Layers computed on a GPU give slightly different numbers than on the CPU.
     n_gpu_layers: int
     llama_cpp: str
+    # Sequences in the context: conservative, a state is only restored where it was made.
+    n_seq_max: int = 1
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

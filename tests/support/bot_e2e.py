@@ -86,9 +86,10 @@ class Running:
             await asyncio.sleep(0.05)
 
 
-def load_model(path: Path, max_new_tokens: int = 64) -> ChatModel:
+def load_model(path: Path, max_new_tokens: int = 64, parallel: int | None = 1) -> ChatModel:
     """The tiny model with greedy sampling on one thread: with two threads, llama.cpp's
-    spinning thread barrier slows to a crawl when other work shares the two cores."""
+    spinning thread barrier slows to a crawl when other work shares the two cores.
+    One sequence unless asked: the queue tests need replies to wait for each other."""
     from sampling import GREEDY
 
     from models.runtime.chat_model import load_chat_model
@@ -99,6 +100,7 @@ def load_model(path: Path, max_new_tokens: int = 64) -> ChatModel:
         template="gigasaiga",
         max_new_tokens=max_new_tokens,
         sampling=GREEDY,
+        parallel=parallel,
     )
 
 

@@ -142,7 +142,9 @@ class FakeChatModel:
     default_system_prompt: str | None = "Ты — помощник."
     prompts: list[list[ChatMessage]] = field(default_factory=list)
 
-    def build_prompt(self, system: str | None, history: Sequence[ChatMessage]) -> FakePrompt:
+    def build_prompt(
+        self, system: str | None, history: Sequence[ChatMessage], key: str | None = None
+    ) -> FakePrompt:
         self.prompts.append(list(history))
         text = "|".join(message.content for message in history)
         return FakePrompt([ord(char) for char in text], list(history))
