@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -10,6 +10,7 @@ from tiny_model import build_tiny_gguf, build_tiny_lora
 from models.prompt.tokenizer import LlamaTokenizer
 from models.runtime.chat_model import ChatModel, load_chat_model
 from models.runtime.loader import ModelConfig
+from models.runtime.state_cache import StateCacheConfig
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +39,28 @@ async def chat_model(tiny_gguf: Path) -> AsyncIterator[ChatModel]:
     )
     yield model
     await model.close()
+
+
+@pytest.fixture
+async def model_factory(tiny_gguf: Path) -> AsyncIterator[Callable[..., ChatModel]]:
+    """Tiny models with greedy sampling, `parallel` sequences and the given state cache; all
+    closed at the end of the test."""
+    opened: list[ChatModel] = []
+
+    def factory(
+        parallel: int, cache: StateCacheConfig | None = None, max_new_tokens: int = 64
+    ) -> ChatModel:
+        model = load_chat_model(
+            ModelConfig(model_path=tiny_gguf, n_ctx=2048, n_threads=2, seed=7),
+            template="gigasaiga",
+            max_new_tokens=max_new_tokens,
+            sampling=GREEDY,
+            state_cache=cache or StateCacheConfig(enabled=False),
+            parallel=parallel,
+        )
+        opened.append(model)
+        return model
+
+    yield factory
+    for model in opened:
+        await model.close()

@@ -4,7 +4,7 @@ that touch nobody else, prompts that never hold a stream for more than one chunk
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import llama_cpp
@@ -33,24 +33,11 @@ OFF = StateCacheConfig(enabled=False)
 
 
 @pytest.fixture
-async def models(tiny_gguf: Path) -> AsyncIterator[Callable[..., ChatModel]]:
-    opened: list[ChatModel] = []
-
+def models(model_factory: Callable[..., ChatModel]) -> Callable[..., ChatModel]:
     def factory(parallel: int, cache: StateCacheConfig = OFF) -> ChatModel:
-        model = load_chat_model(
-            ModelConfig(model_path=tiny_gguf, n_ctx=2048, n_threads=2, seed=7),
-            template="gigasaiga",
-            max_new_tokens=64,
-            sampling=GREEDY,
-            state_cache=cache,
-            parallel=parallel,
-        )
-        opened.append(model)
-        return model
+        return model_factory(parallel, cache, max_new_tokens=64)
 
-    yield factory
-    for model in opened:
-        await model.close()
+    return factory
 
 
 def no_stop(model: ChatModel) -> LogitsProcessor:

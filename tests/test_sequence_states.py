@@ -3,18 +3,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pytest
-from sampling import GREEDY
 
 from models.prompt.templates import ChatMessage
-from models.runtime.chat_model import ChatModel, load_chat_model
+from models.runtime.chat_model import ChatModel
 from models.runtime.engine import GenerationResult, LogitsProcessor
-from models.runtime.loader import ModelConfig
 from models.runtime.state_cache import StateCacheConfig
 from models.runtime.state_file import SUFFIX, key_digest
 
@@ -30,24 +28,11 @@ OFF = StateCacheConfig(enabled=False)
 
 
 @pytest.fixture
-async def models(tiny_gguf: Path) -> AsyncIterator[Callable[..., ChatModel]]:
-    opened: list[ChatModel] = []
-
+def models(model_factory: Callable[..., ChatModel]) -> Callable[..., ChatModel]:
     def factory(parallel: int, cache: StateCacheConfig = RAM) -> ChatModel:
-        model = load_chat_model(
-            ModelConfig(model_path=tiny_gguf, n_ctx=2048, n_threads=2, seed=7),
-            template="gigasaiga",
-            max_new_tokens=40,
-            sampling=GREEDY,
-            state_cache=cache,
-            parallel=parallel,
-        )
-        opened.append(model)
-        return model
+        return model_factory(parallel, cache, max_new_tokens=40)
 
-    yield factory
-    for model in opened:
-        await model.close()
+    return factory
 
 
 class Chats:
