@@ -158,11 +158,11 @@ async def test_a_flood_in_one_chat_shows_one_typing_indicator(fast: Fast) -> Non
     fast.model.engine.held = True
     pending = [asyncio.create_task(fast.feed(text_update(OWNER, f"вопрос {i}"))) for i in range(30)]
     await eventually(lambda: fast.services.chat.waiting >= 30)
-    await asyncio.sleep(0.1)
-    actions = [m for m in fast.bot.recorder.requests if isinstance(m, SendChatAction)]
-    assert len(actions) == 1
     fast.model.engine.release()
     await asyncio.gather(*pending)
+    # All 30 replies have ended, so every indicator that was ever sent is counted.
+    actions = [m for m in fast.bot.recorder.requests if isinstance(m, SendChatAction)]
+    assert len(actions) == 1
 
 
 async def test_shutdown_answers_the_waiting_messages_after_the_restart(tmp_path: Path) -> None:
@@ -170,24 +170,30 @@ async def test_shutdown_answers_the_waiting_messages_after_the_restart(tmp_path:
         first.model.engine.held = True
         first.model.engine.stall_after = 1
         running = asyncio.create_task(first.feed(text_update(OWNER, "первый")))
+        await eventually(lambda: first.model.engine.submitted)  # the owner's reply is first
         waiting = asyncio.create_task(first.feed(text_update(FRIEND, "второй")))
+        # The owner's second message waits for the first reply, in its own conversation.
+        second_own = asyncio.create_task(first.feed(text_update(OWNER, "и ещё")))
         await eventually(lambda: len(first.model.engine.submitted) >= 2)
+        await eventually(lambda: first.services.chat.waiting >= 3)
         first.model.engine.release()
         # The owner's reply is being written when the bot shuts down.
         await eventually(lambda: first.model.engine.submitted[0]._sent)
         async with first.services.sessions() as session:
             assert await first.services.chat.shutdown(session, 5)
-        await asyncio.gather(running, waiting)
+        await asyncio.gather(running, waiting, second_own)
         owner_texts = first.bot.recorder.texts(OWNER)
-        assert len(owner_texts) == 1 and owner_texts[0].endswith(f"<i>{RU.reply_interrupted}</i>")
-        assert RU.reply_stopped not in owner_texts[0]
+        assert len(owner_texts) == 2 and owner_texts[0].endswith(f"<i>{RU.reply_interrupted}</i>")
+        assert owner_texts[1] == RU.answer_after_restart
+        assert not any(RU.reply_stopped in text for text in owner_texts)
         assert first.bot.recorder.texts(FRIEND) == [RU.answer_after_restart]
         friend = await first.history(FRIEND)
         assert [(r.role, r.status) for r in friend if r.role == "user"] == [("user", "pending")]
     async with fast_bot(tmp_path) as second:
         await answer_waiting_messages(second.app)
         assert second.bot.recorder.texts(FRIEND) == ["echo: второй"]
-        assert second.bot.recorder.texts(OWNER) == []  # got its (interrupted) answer already
+        # The interrupted one got its answer already; the waiting one is answered now.
+        assert second.bot.recorder.texts(OWNER) == ["echo: и ещё"]
         friend = await second.history(FRIEND)
         assert [(r.role, r.text, r.status) for r in friend if r.text] == [
             ("user", "второй", "complete"),
@@ -229,3 +235,74 @@ async def test_a_message_delivered_twice_is_stored_and_answered_once(fast: Fast)
     stored = await fast.history(OWNER)
     assert [(r.role, r.text) for r in stored] == [("user", "один раз"), ("bot", "echo: один раз")]
     assert fast.bot.recorder.texts(OWNER) == ["echo: один раз"]
+
+
+async def test_after_a_restart_the_waiting_message_is_answered_before_a_new_one(
+    tmp_path: Path,
+) -> None:
+    async with fast_bot(tmp_path) as first:
+        first.model.engine.held = True
+        running = asyncio.create_task(first.feed(text_update(OWNER, "первый")))
+        queued = asyncio.create_task(first.feed(text_update(OWNER, "второй")))
+        await eventually(lambda: first.services.chat.waiting >= 2)
+        async with first.services.sessions() as session:
+            await first.services.chat.shutdown(session, 5)
+        await asyncio.gather(running, queued)
+    async with fast_bot(tmp_path) as second:
+        second.model.engine.held = True
+        backlog = asyncio.create_task(answer_waiting_messages(second.app))
+        await eventually(lambda: second.services.chat.waiting >= 2)
+        new = asyncio.create_task(second.feed(text_update(OWNER, "третий")))
+        await eventually(lambda: second.services.chat.waiting >= 3)
+        second.model.engine.release()
+        await asyncio.gather(backlog, new)
+        assert [p[-1].content for p in second.model.prompts] == ["первый", "второй", "третий"]
+        assert second.bot.recorder.texts(OWNER) == [
+            "echo: первый",
+            "echo: второй",
+            "echo: третий",
+        ]
+
+
+async def test_a_message_in_another_chat_racing_forget_leaves_nothing(fast: Fast) -> None:
+    group = -100500
+    confirm = ForgetChoice(user_id=OWNER, confirm=True).pack()
+    for _ in range(10):
+        await fast.feed(text_update(OWNER, "до"))
+        await asyncio.gather(
+            fast.feed(text_update(OWNER, "@domovoy_bot пароль 1234", chat_id=group)),
+            fast.feed(callback_update(OWNER, confirm)),
+        )
+        async with fast.services.sessions() as session:
+            assert await ConversationRepository(session).list_for_user(OWNER) == []
+            assert await fast.services.chat.user(session, OWNER) is None
+
+
+async def test_a_database_failing_mid_reply_costs_one_sentence(
+    fast: Fast, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sqlalchemy import event
+
+    broken = False
+
+    def read_only(connection: object, _record: object) -> None:
+        cursor = connection.cursor()  # type: ignore[attr-defined]
+        cursor.execute(f"PRAGMA query_only = {'ON' if broken else 'OFF'}")
+        cursor.close()
+
+    event.listen(fast.services.db.sync_engine, "connect", read_only)
+    fast.model.engine.stall_after = 1
+    reply = asyncio.create_task(fast.feed(text_update(OWNER, "долгий вопрос")))
+    await eventually(lambda: fast.model.engine.submitted and fast.model.engine.submitted[0]._sent)
+    broken = True
+    await fast.services.db.dispose()  # the reply's next write gets a read-only connection
+    fast.model.engine.stall_after = None
+    await reply
+    assert fast.bot.recorder.texts(OWNER)[-1] == RU.storage_failed
+    assert len([r for r in caplog.records if "storage failed" in r.getMessage()]) == 1
+    broken = False
+    await fast.services.db.dispose()
+    stored = await fast.history(OWNER)
+    assert (stored[0].role, stored[0].text) == ("user", "долгий вопрос")  # kept
+    await fast.feed(text_update(OWNER, "снова"))
+    assert fast.bot.recorder.texts(OWNER)[-1] == "echo: снова"

@@ -21,16 +21,18 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from bot.core.in_flight import ActiveReply, Cut, RepliesInFlight
-from bot.core.ordering import Ticket
+from bot.core.ordering import Place
 from bot.core.turn import Outcome, ReplySink, Turn, conversation_key, to_turns
 from bot.core.turn_writer import TurnWriter
 from models.prompt.window import WindowResult
 from models.runtime.chat_model import ChatModel
 from models.runtime.engine import Generation, GenerationResult
 from storage.database import checkpoint
+from storage.errors import StorageError
 from storage.records import MessageRecord, Status, StorageStats, UserRecord
 from storage.repositories import (
     ConversationRepository,
@@ -172,7 +174,7 @@ class ChatService:
     # The turn itself.
 
     async def reply(
-        self, session: AsyncSession, turn: Turn, sink: ReplySink, ticket: Ticket | None = None
+        self, session: AsyncSession, turn: Turn, sink: ReplySink, ticket: Place | None = None
     ) -> Outcome:
         """Store the message (after every earlier message of the conversation: `ticket`),
         then answer it. A message accepted while the bot shuts down is kept for the restart."""
@@ -285,6 +287,9 @@ class ChatService:
         except asyncio.CancelledError:
             generation.cancel()
             await asyncio.shield(writer.save_reply(message, reply_id, active.streamed, "partial"))
+            raise
+        except (SQLAlchemyError, StorageError):
+            generation.cancel()  # a failing database is the front end's to report, not the model
             raise
         except Exception:
             logger.exception("generation failed")

@@ -1,4 +1,5 @@
-"""Updates of one conversation are handled in the order Telegram numbered them.
+"""Updates of one conversation (and of one user) are handled in the order Telegram numbered
+them.
 
 aiogram handles every update as its own task, and those tasks interleave at each `await`:
 three messages sent back to back could be stored as 1, 3, 2. A ticket is taken for each update
@@ -9,6 +10,7 @@ overtake waits for every earlier ticket of that conversation to be released firs
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 
 class Ticket:
@@ -55,3 +57,28 @@ class TurnOrder:
     def _released(self, key: str, ticket: Ticket) -> None:
         if self._last.get(key) is ticket and ticket._before is None:
             del self._last[key]
+
+
+@dataclass(frozen=True)
+class Place:
+    """An update's place in its conversation's line and in its user's line (all chats)."""
+
+    conversation: Ticket
+    user: Ticket
+
+    async def wait(self) -> None:
+        """Until the earlier updates of this conversation have gone ahead."""
+        await self.conversation.wait()
+
+    async def wait_for_user(self) -> None:
+        """Until the earlier updates of this user, in any chat, have gone ahead (/forget)."""
+        await self.user.wait()
+
+    def release(self) -> None:
+        self.conversation.release()
+        self.user.release()
+
+
+def take_place(order: TurnOrder, user_id: int, chat_id: int) -> Place:
+    """Must be called before the handling task's first `await`."""
+    return Place(order.take(f"{user_id}:{chat_id}"), order.take(f"user:{user_id}"))

@@ -25,7 +25,7 @@ from bot.telegram.middlewares.database import DatabaseMiddleware
 from bot.telegram.middlewares.ordering import OrderingMiddleware
 from bot.telegram.middlewares.storage_failures import StorageFailureMiddleware
 from bot.telegram.middlewares.users import UserMiddleware
-from bot.telegram.restart import answer_waiting_messages
+from bot.telegram.restart import start_answering_waiting
 from bot.telegram.sender import TelegramSender
 from bot.telegram.texts import EN, RU
 from bot.telegram.typing_indicator import TypingIndicators
@@ -125,6 +125,7 @@ async def serve(app: BotApp, stop: asyncio.Event) -> None:
             await set_commands(bot, dispatcher["access"])
         except TelegramAPIError as exc:
             logger.warning("setMyCommands failed, the command menu may be stale: %s", exc)
+        backlog = await start_answering_waiting(app)
         polling = asyncio.create_task(
             dispatcher.start_polling(
                 bot,
@@ -134,7 +135,6 @@ async def serve(app: BotApp, stop: asyncio.Event) -> None:
             ),
             name="polling",
         )
-        backlog = asyncio.create_task(answer_waiting_messages(app), name="backlog")
         stopper = asyncio.create_task(stop.wait(), name="stop")
         await asyncio.wait({polling, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
@@ -143,7 +143,8 @@ async def serve(app: BotApp, stop: asyncio.Event) -> None:
             await dispatcher.stop_polling()
         async with app.services.sessions() as session:
             await app.services.chat.shutdown(session, SHUTDOWN_TIMEOUT)
-        await backlog
+        if backlog is not None:
+            await backlog
         await dispatcher["typing"].close()
         await polling  # re-raises if polling itself failed
     finally:

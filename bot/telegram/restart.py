@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from typing import TYPE_CHECKING
 
 from aiogram.exceptions import TelegramAPIError
@@ -23,30 +22,35 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-Waiting = tuple[MessageRecord, UserRecord, int]
 
-
-async def answer_waiting_messages(app: BotApp) -> None:
-    """Each conversation's waiting messages in order, the conversations side by side."""
+async def start_answering_waiting(app: BotApp) -> asyncio.Task[None] | None:
+    """Before polling starts: one task per message left from the last run, each in its
+    conversation's line already, so a new message is answered after them."""
     async with app.services.sessions() as session:
         waiting = await app.services.chat.waiting_messages(session)
     if not waiting:
-        return
+        return None
     logger.info("Answering %d messages left from the last run", len(waiting))
-    by_conversation: dict[tuple[int, int], list[Waiting]] = defaultdict(list)
-    for item in waiting:
-        by_conversation[(item[1].id, item[2])].append(item)
-    await asyncio.gather(*(_answer_in_order(app, items) for items in by_conversation.values()))
+    tasks = [asyncio.create_task(_answer_logged(app, *item)) for item in waiting]
+    await asyncio.sleep(0)  # let each take its place in line before any update arrives
+    return asyncio.create_task(_gather(tasks))
 
 
-async def _answer_in_order(app: BotApp, items: list[Waiting]) -> None:
-    for message, user, chat_id in items:
-        if app.services.chat.closing:
-            return
-        try:
-            await _answer_one(app, message, user, chat_id)
-        except (TelegramAPIError, SQLAlchemyError, StorageError, ModelError) as exc:
-            logger.error("a message left from the last run was not answered: %s", exc)
+async def answer_waiting_messages(app: BotApp) -> None:
+    task = await start_answering_waiting(app)
+    if task is not None:
+        await task
+
+
+async def _gather(tasks: list[asyncio.Task[None]]) -> None:
+    await asyncio.gather(*tasks)
+
+
+async def _answer_logged(app: BotApp, message: MessageRecord, user: UserRecord, chat: int) -> None:
+    try:
+        await _answer_one(app, message, user, chat)
+    except (TelegramAPIError, SQLAlchemyError, StorageError, ModelError) as exc:
+        logger.error("a message left from the last run was not answered: %s", exc)
 
 
 async def _answer_one(app: BotApp, message: MessageRecord, user: UserRecord, chat_id: int) -> None:

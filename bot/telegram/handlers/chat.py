@@ -15,7 +15,7 @@ from aiogram.types import Message
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.core.chat import ChatService
-from bot.core.ordering import Ticket
+from bot.core.ordering import Place
 from bot.core.turn import Turn
 from bot.core.turn_writer import record_delivery
 from bot.settings import Settings
@@ -41,7 +41,7 @@ async def on_text(
     session: AsyncSession,
     user: UserRecord,
     texts: Texts,
-    ticket: Ticket,
+    ticket: Place,
     chat_service: ChatService,
     drafts: DraftSupport,
     typing: TypingIndicators,
@@ -65,7 +65,7 @@ async def _answer(
     session: AsyncSession,
     turn: Turn,
     reply: TelegramReply,
-    ticket: Ticket,
+    ticket: Place,
     chat_service: ChatService,
     texts: Texts,
 ) -> None:
@@ -94,7 +94,7 @@ async def on_edited(
     session: AsyncSession,
     user: UserRecord,
     texts: Texts,
-    ticket: Ticket,
+    ticket: Place,
     chat_service: ChatService,
 ) -> None:
     text = await text_for_bot(message, bot)

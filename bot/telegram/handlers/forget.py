@@ -12,7 +12,7 @@ from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMar
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.core.chat import ChatService
-from bot.core.ordering import Ticket
+from bot.core.ordering import Place
 from bot.telegram.texts import Texts
 from storage.records import UserRecord
 
@@ -39,16 +39,16 @@ async def on_choice(
     session: AsyncSession,
     user: UserRecord,
     texts: Texts,
-    ticket: Ticket,
+    ticket: Place,
     chat_service: ChatService,
 ) -> None:
     if callback_data.user_id != user.id:
         await query.answer(texts.forget_not_yours, show_alert=True)
         return
     if callback_data.confirm:
-        # Messages that came before the button press are stored first, then deleted with the
-        # rest; nothing of them is written afterwards.
-        await ticket.wait()
+        # Messages that came before the button press, in any chat, are stored first, then
+        # deleted with the rest; nothing of them is written afterwards.
+        await ticket.wait_for_user()
         await chat_service.forget(session, user.id)
     await query.answer()
     if isinstance(query.message, Message):

@@ -8,7 +8,7 @@ from aiogram.types import Message
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.core.chat import ChatService
-from bot.core.ordering import Ticket
+from bot.core.ordering import Place
 from bot.telegram.texts import Texts
 from storage.records import UserRecord
 
@@ -18,7 +18,7 @@ async def on_reset(
     session: AsyncSession,
     user: UserRecord,
     texts: Texts,
-    ticket: Ticket,
+    ticket: Place,
     chat_service: ChatService,
 ) -> None:
     await ticket.wait()  # the messages sent before /reset belong to the old conversation

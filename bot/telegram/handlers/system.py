@@ -9,7 +9,7 @@ from aiogram.types import Message
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.core.chat import ChatService
-from bot.core.ordering import Ticket
+from bot.core.ordering import Place
 from bot.core.system_prompt import system_command
 from bot.telegram.texts import Texts
 from storage.records import UserRecord
@@ -21,7 +21,7 @@ async def on_system(
     session: AsyncSession,
     user: UserRecord,
     texts: Texts,
-    ticket: Ticket,
+    ticket: Place,
     chat_service: ChatService,
 ) -> None:
     await ticket.wait()  # applies to the messages after it, not to those before

@@ -9,8 +9,7 @@ from aiogram import BaseMiddleware
 from aiogram.types import Chat, TelegramObject, User
 
 from bot.core.chat import ChatService
-from bot.core.ordering import TurnOrder
-from bot.core.turn import conversation_key
+from bot.core.ordering import TurnOrder, take_place
 from bot.telegram.middlewares import Handler
 
 
@@ -27,7 +26,7 @@ class OrderingMiddleware(BaseMiddleware):
         with self._service.delivering():
             if user is None or chat is None:
                 return await handler(event, data)
-            ticket = self._order.take(conversation_key(user.id, chat.id))
+            ticket = take_place(self._order, user.id, chat.id)
             data["ticket"] = ticket
             try:
                 return await handler(event, data)

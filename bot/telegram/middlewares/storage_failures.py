@@ -24,7 +24,8 @@ class StorageFailureMiddleware(BaseMiddleware):
             return await handler(event, data)
         except (SQLAlchemyError, StorageError) as exc:
             # The exception's text names the failure; statement parameters stay hidden.
-            logger.error("storage failed: %s", str(exc).splitlines()[0])
+            first_line = next(iter(str(exc).splitlines()), type(exc).__name__)
+            logger.error("storage failed: %s", first_line)
             user: User | None = data.get("event_from_user")
             texts: Texts = data.get("texts") or texts_for(user.language_code if user else None)
             assert isinstance(event, Update)
