@@ -22,7 +22,7 @@ GROUP = -100888
 async def test_a_username_stays_with_the_account_first_seen_with_it(
     chat_model: ChatModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="bot.telegram.middlewares.access")
+    caplog.set_level(logging.INFO, logger="bot.core.username_access")
     async with running_bot(chat_model, tmp_path, admin_users=["@Boss_Name"]) as bot:
         bot.tg.push_message(FRIEND, "/start", username="Friend_By_Name")
         await bot.wait(has_text(bot.tg, FRIEND, RU.start))

@@ -1,14 +1,15 @@
-"""A soak test through the fake Bot API server: 10 users, 300 messages in bursts, 429s and a
-502 outage injected, a graceful restart (what SIGTERM does) in the middle. Afterwards every
-message is stored once, in order, and each has its answer."""
+"""A soak test through the fake Bot API server: 10 users, 300 messages in bursts, 429s (on
+messages and drafts) and a 502 outage injected, a graceful restart (what SIGTERM does) in the
+middle. Afterwards every message is stored once, in order, and answered once, in order."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import pytest
-from bot_e2e import load_model, running_bot
+from bot_e2e import instrument, load_model, running_bot
 from fake_telegram import FakeTelegram
 
 from bot.telegram.texts import RU
@@ -35,6 +36,8 @@ async def push_bursts(tg: FakeTelegram, first: int, last: int, sent: dict[int, l
             tg.push_message(user, text)
         if burst % 5 == 1:
             tg.fail_next("sendMessage", status=429, retry_after=1, count=2)
+        if burst % 5 == 3:
+            tg.fail_next("sendMessageDraft", status=429, retry_after=1, count=2)
         if burst == 6:
             tg.outage(1.5)
         await asyncio.sleep(0.3)
@@ -43,6 +46,8 @@ async def push_bursts(tg: FakeTelegram, first: int, last: int, sent: dict[int, l
 async def test_soak_with_faults_and_a_restart(short_model: ChatModel, tmp_path: Path) -> None:
     sent: dict[int, list[str]] = {user: [] for user in USERS}
     users = [str(user) for user in USERS]
+    # Slow enough that replies queue up: the restart always finds work in progress.
+    generations = instrument(short_model, seconds_per_token=0.02)
     async with FakeTelegram() as tg:
         async with running_bot(short_model, tmp_path, tg=tg, allowed_users=users) as bot:
             await push_bursts(tg, 0, BURSTS // 2, sent)
@@ -98,6 +103,17 @@ async def test_soak_with_faults_and_a_restart(short_model: ChatModel, tmp_path: 
                 assert len(delivered) == len(sent[user]), user
                 assert all(r.status in ("complete", "partial") for r in delivered)
                 assert all(r.status == "complete" for r in history if r.role == "user")
+            # Answered in order: the messages each prompt answers, per user, are the messages
+            # sent (a reply the shutdown cancelled before its first word is asked again after).
+            answered: dict[int, list[str]] = {user: [] for user in USERS}
+            for generation in generations:
+                prompt = short_model.tokenizer.decode(generation.prompt, special=True)
+                asked = re.findall(r"сообщение \d+ от (\d+)", prompt)
+                last = re.findall(r"сообщение \d+ от \d+", prompt)[-1]
+                user = int(asked[-1])
+                if not answered[user] or answered[user][-1] != last:
+                    answered[user].append(last)
+            assert answered == sent
             # The restart did cut into the work: some were told they would be answered after it.
             told = [t for user in USERS for t in tg.texts(user) if RU.answer_after_restart in t]
             assert told

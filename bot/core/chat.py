@@ -7,8 +7,9 @@ crash loses nothing the user typed and an interrupted reply is kept as `partial`
 the bot had no time to answer before shutting down is marked `pending` and answered after the
 restart.
 
-Transactions: the chat core commits (this service, and `TurnWriter` for the writes of a turn),
-nothing else does; middlewares open and close the session, repositories never commit.
+Transactions: the chat core commits (this service, `TurnWriter` for the writes of a turn, and
+the username bindings of `username_access`), nothing else does; middlewares open and close the
+session, repositories never commit.
 """
 
 from __future__ import annotations

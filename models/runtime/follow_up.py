@@ -28,9 +28,10 @@ from models.runtime.scheduler import Transcript
 def digest(system: str | None, messages: Sequence[ChatMessage]) -> bytes:
     """Names a prompt's messages without keeping their text."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(f"{system}\0".encode() if system is not None else b"\1")
+    # surrogatepass: a lone surrogate (the storage keeps them) must hash, not raise.
+    h.update(f"{system}\0".encode("utf-8", "surrogatepass") if system is not None else b"\1")
     for message in messages:
-        h.update(f"{message.role}\0{message.content.strip()}\0".encode())
+        h.update(f"{message.role}\0{message.content.strip()}\0".encode("utf-8", "surrogatepass"))
     return h.digest()
 
 

@@ -12,11 +12,11 @@ from aiogram.exceptions import TelegramAPIError
 from aiogram.types import CallbackQuery, TelegramObject, Update, User
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.core.username_access import bound_names
 from bot.telegram.access import AccessPolicy
 from bot.telegram.filters import is_addressed
 from bot.telegram.middlewares import Handler
 from bot.telegram.texts import Texts, texts_for
-from storage.username_bindings import UsernameBindingRepository
 
 logger = logging.getLogger(__name__)
 
@@ -51,30 +51,11 @@ class AccessMiddleware(BaseMiddleware):
         return None
 
     async def _bound_names(self, user: User) -> frozenset[str]:
-        """The listed @usernames that belong to this account; binds its current name if it is
-        listed and nobody has it yet. Ids alone need no database."""
+        """The listed @usernames that belong to this account. Ids alone need no database."""
         listed = self._policy.usernames
         if not listed or self._session_factory is None or user.id in self._policy.admins.ids:
             return frozenset()
-        current = user.username.lower() if user.username else None
-        async with self._session_factory() as session:
-            bindings = UsernameBindingRepository(session)
-            names = set(await bindings.names_of(user.id, listed))
-            if current in listed and current not in names:
-                holder = await bindings.bind(current, user.id)
-                await session.commit()
-                if holder == user.id:
-                    logger.info("Access: @%s is now bound to the account %d", current, user.id)
-                    names.add(current)
-                else:
-                    logger.warning(
-                        "Access: @%s belongs to the account %d; the account %d now using that "
-                        "name gets no access by it",
-                        current,
-                        holder,
-                        user.id,
-                    )
-        return frozenset(names)
+        return await bound_names(self._session_factory, user.id, user.username, listed)
 
 
 async def _refuse(event: Update, bot: Bot, user: User, texts: Texts) -> None:
