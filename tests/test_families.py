@@ -19,14 +19,12 @@ import llama_cpp
 import numpy as np
 import numpy.typing as npt
 import pytest
-from family_models import FAMILIES, StandIn, build_stand_in, hf_tokenizer
+from family_models import FAMILIES, StandIn, hf_tokenizer
 from llama_cpp import Llama
 from sampling import GREEDY
 from tiny_model import SPECIAL_TOKENS, train_tokenizer
 
-from models.files.context import RAM_SHARE, choose_n_ctx
 from models.files.gguf_info import read_gguf_info
-from models.files.registry import RUNTIME_OVERHEAD
 from models.prompt.templates import ChatMessage, get_template
 from models.prompt.tokenizer import LlamaTokenizer
 from models.prompt.window import Window
@@ -79,20 +77,6 @@ CASES = [
     ),
 ]
 FAMILY_NAMES = sorted(FAMILIES)
-
-
-@pytest.fixture(scope="session")
-def stand_in(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str | None], StandIn]:
-    built: dict[tuple[str, str | None], StandIn] = {}
-
-    def get(family: str, embedded: str | None = None) -> StandIn:
-        key = (family, embedded)
-        if key not in built:
-            folder = tmp_path_factory.mktemp(f"family-{family}")
-            built[key] = build_stand_in(family, folder, chat_template=embedded)
-        return built[key]
-
-    return get
 
 
 def domovoy_prompt(path: Path, template: str, system: str, history: list[ChatMessage]) -> list[int]:
@@ -337,62 +321,3 @@ def test_families_kv_size_from_the_header_is_what_llama_cpp_keeps(
     # The sequence state adds a few bytes per cell (its position and sequence count).
     assert expected > 0
     assert 0 <= per_token - expected <= 16
-
-
-def test_families_default_context_is_trained_capped_by_ram(
-    stand_in: Callable[[str, str | None], StandIn],
-) -> None:
-    model = stand_in("qwen3", None)
-    info = read_gguf_info(model.gguf_path)
-    trained = int(info.context_length or 0)
-    roomy = choose_n_ctx(model.gguf_path, None, ram=64 * 10**9)
-    assert (roomy.n_ctx, roomy.trained) == (trained, 4096)
-    assert roomy.ram_limit > trained
-    # A machine whose spare RAM holds 1000 tokens of KV cache gets 768 (a multiple of 256).
-    ram = int((info.file_size + RUNTIME_OVERHEAD + 2 * 1000 * info.kv_bytes_per_token) / RAM_SHARE)
-    tight = choose_n_ctx(model.gguf_path, None, ram=ram + 2)
-    assert tight.ram_limit in (999, 1000)
-    assert tight.n_ctx == 768
-    assert "RAM limit" in tight.describe()
-    # An explicit N_CTX wins, only capped at the trained context.
-    assert choose_n_ctx(model.gguf_path, 1000, ram=ram).n_ctx == 1000
-    assert choose_n_ctx(model.gguf_path, 100_000, ram=ram).n_ctx == trained
-
-
-def test_families_models_info_shows_trained_and_chosen_context(
-    stand_in: Callable[[str, str | None], StandIn], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from typer.testing import CliRunner
-
-    from bot.cli import app
-
-    monkeypatch.delenv("N_CTX", raising=False)
-    model = stand_in("llama3-bpe", None)
-    result = CliRunner().invoke(app, ["models", "info", str(model.gguf_path)])
-    assert result.exit_code == 0, result.output
-    assert "context length:  4096 (trained)" in result.output
-    assert "KV cache:        256 bytes per token (f16)" in result.output
-    assert "N_CTX here:      4096 tokens (the trained context" in result.output
-    monkeypatch.setenv("N_CTX", "1024")
-    result = CliRunner().invoke(app, ["models", "info", str(model.gguf_path)])
-    assert "N_CTX here:      1024 tokens (N_CTX=1024;" in result.output
-
-
-def test_families_registry_marks_the_stand_ins_it_is_tested_on(
-    stand_in: Callable[[str, str | None], StandIn],
-) -> None:
-    """Each entry's family is a stand-in of these tests, and its template works on it."""
-    from family_models import tested_registry_names
-
-    from models.files.registry import REGISTRY
-
-    for entry in REGISTRY:
-        assert entry.family, entry.name
-        if entry.family == "gpt2-bpe":
-            continue  # tiny_model's GPT-2, run by the engine and window tests
-        assert entry.family in FAMILIES, entry.name
-        assert entry.name in tested_registry_names(), entry.name
-        tokenizer = LlamaTokenizer.from_file(stand_in(entry.family, None).gguf_path)
-        if entry.template != "gguf":
-            prompt = get_template(entry.template, tokenizer).encode(HISTORY, tokenizer)
-            assert len(prompt) > 20

@@ -90,9 +90,11 @@ REGISTRY: tuple[ModelEntry, ...] = (
         repo="ai-sage/GigaChat-20B-A3B-instruct-GGUF",
         kind="gguf",
         template="gigachat",
-        context_length=32768,
-        kv_bytes_per_token=2 * 32 * 2048 * 2,  # approximate; MoE with 3B active parameters
-        notes="Mixture of experts, 3B active parameters: fast on a CPU for its size.",
+        context_length=131072,
+        # DeepSeek MoE v1 (llama.cpp's `deepseek`, not DeepSeek-2/MLA): 28 layers,
+        # grouped-query attention with 8 KV heads x 128.
+        kv_bytes_per_token=2 * 28 * 2 * 8 * 128,
+        notes="DeepSeek-style mixture of experts, 3B active parameters: fast on a CPU.",
         family="gigachat-moe",
     ),
     ModelEntry(

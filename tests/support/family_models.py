@@ -1,12 +1,12 @@
 """Tiny real stand-ins for every model family Domovoy offers, built at test time.
 
 Each stand-in is a GGUF llama.cpp loads like the real model of its family: the same
-architecture (llama, qwen3, deepseek2 MoE), the same kind of tokenizer (SentencePiece with
-byte fallback, Llama-3-style or Qwen-style byte-level BPE, GPT-2-style BPE for GigaChat) with
-the family's control tokens, random weights. The tokenizer is trained here on the corpus of
-`tiny_model`, and the same trained tokenizer is also saved in Hugging Face's layout, so the
-tests can compare Domovoy's prompts with `transformers` applying the family's published chat
-template.
+architecture (llama, qwen3, deepseek MoE v1, deepseek2 MoE), the same kind of tokenizer
+(SentencePiece with byte fallback, Llama-3-style or Qwen-style byte-level BPE, GPT-2-style
+BPE for GigaChat) with the family's control tokens, random weights. The tokenizer is trained
+here on the corpus of `tiny_model`, and the same trained tokenizer is also saved in Hugging
+Face's layout, so the tests can compare Domovoy's prompts with `transformers` applying the
+family's published chat template.
 The weights are random (see `family_weights`).
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import gguf
-from family_weights import N_EMBD, N_LAYER, Weights, deepseek2, llama_like
+from family_weights import N_EMBD, N_LAYER, Weights, deepseek, deepseek2, llama_like
 from tiny_model import CORPUS_EN, CORPUS_RU, token_bytes
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -115,7 +115,7 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             name="gigachat-moe",
-            arch="deepseek2",
+            arch="deepseek",
             tokenizer="bpe",
             bos="<s>",
             eos="</s>",
@@ -325,7 +325,9 @@ def build_stand_in(
 
     weights = Weights(writer, seed)
     weights.embeddings(len(vocab.tokens), vocab.unwanted)
-    if family.arch == "deepseek2":
+    if family.arch == "deepseek":
+        deepseek(writer, weights)
+    elif family.arch == "deepseek2":
         deepseek2(writer, weights, mla=family.mla)
     else:
         llama_like(writer, weights, qk_norm=family.arch == "qwen3")
