@@ -59,6 +59,7 @@ class Case:
 
 CASES = [
     Case("mistral-spm", "gigasaiga", jinja.SAIGA),
+    Case("mistral-spm", "saiga_v2", jinja.SAIGA_V2),
     Case("mistral-spm", "mistral", jinja.MISTRAL_NEMO),
     Case("mistral-spm", "gguf", jinja.MISTRAL_NEMO, embedded=jinja.MISTRAL_NEMO),
     Case("nemo-tekken", "mistral", jinja.MISTRAL_NEMO),

@@ -97,3 +97,17 @@ def test_families_gigachat_20b_is_deepseek_moe_v1(
 
     assert info.kv_bytes_per_token == 2 * N_LAYER * 2 * N_HEAD_KV * (N_EMBD // N_HEAD)
     assert FAMILIES["gigachat3-mla"].arch == "deepseek2" and FAMILIES["gigachat3-mla"].mla
+
+
+def test_families_saiga_mistral_uses_the_format_it_was_trained_on(
+    stand_in: Callable[[str, str | None], StandIn],
+) -> None:
+    """rulm trains Saiga Mistral 7B with saiga_v2: no newline between turns, `<s>bot\\n`."""
+    from models.files.registry import find_entry
+
+    entry = find_entry("saiga-mistral-7b")
+    assert entry is not None and entry.template == "saiga_v2"
+    tokenizer = LlamaTokenizer.from_file(stand_in(entry.family, None).gguf_path)
+    text = get_template(entry.template, tokenizer).render(HISTORY)
+    assert text.startswith("<s>user\nПривет! Как дела?</s><s>bot\nХорошо")
+    assert text.endswith("</s><s>bot\n")
