@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
-from family_models import FAMILIES, StandIn
+from family_models import FAMILIES, StandIn, build_stand_in
 
 from models.files.context import RAM_SHARE, choose_n_ctx
 from models.files.gguf_info import read_gguf_info
@@ -111,3 +113,55 @@ def test_families_saiga_mistral_uses_the_format_it_was_trained_on(
     text = get_template(entry.template, tokenizer).render(HISTORY)
     assert text.startswith("<s>user\nПривет! Как дела?</s><s>bot\nХорошо")
     assert text.endswith("</s><s>bot\n")
+
+
+def test_families_registry_caps_a_context_the_file_overstates(
+    stand_in: Callable[[str, str | None], StandIn],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Mistral-Nemo-derived GGUF may declare 1,024,000 tokens; the registry knows 131072."""
+    from typer.testing import CliRunner
+
+    from bot.cli import app
+    from models.files.registry import find_entry
+
+    entry = find_entry("saiga-nemo-12b")
+    assert entry is not None and entry.context_length == 131072
+    built = build_stand_in(entry.family, tmp_path / "build", n_ctx=1_024_000)
+    # Where `models download` puts it, and a copy under its own file name elsewhere.
+    for path in (
+        tmp_path / "IlyaGusev--saiga_nemo_12b_gguf" / "model-00001-of-00001.gguf",
+        tmp_path / "elsewhere" / "saiga_nemo_12b.Q4_K_M.gguf",
+    ):
+        path.parent.mkdir()
+        shutil.copy(built.gguf_path, path)
+        choice = choose_n_ctx(path, None, ram=10**13)
+        assert (choice.trained, choice.n_ctx, choice.header_context) == (131072, 131072, 1_024_000)
+        assert "registry entry saiga-nemo-12b" in choice.trained_line()
+        assert choose_n_ctx(path, 500_000, ram=10**13).n_ctx == 131072
+    # A file the registry does not know keeps its header's figure.
+    assert choose_n_ctx(built.gguf_path, None, ram=10**13).n_ctx == 1_024_000
+    monkeypatch.delenv("N_CTX", raising=False)
+    result = CliRunner().invoke(app, ["models", "info", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "context length:  1024000 (trained)" in result.output
+    assert (
+        "trained limit:   131072 tokens (registry entry saiga-nemo-12b; the file declares 1024000)"
+        in result.output
+    )
+
+
+def test_families_q8_0_kv_cache_fits_more_context(
+    stand_in: Callable[[str, str | None], StandIn],
+) -> None:
+    """KV_TYPE=q8_0 keeps 34 bytes per 32 values: the RAM limit grows by 32/17."""
+    model = stand_in("qwen3", None)
+    info = read_gguf_info(model.gguf_path)
+    ram = int((info.file_size + RUNTIME_OVERHEAD + 2 * 1000 * info.kv_bytes_per_token) / RAM_SHARE)
+    f16 = choose_n_ctx(model.gguf_path, None, ram=ram + 2)
+    q8 = choose_n_ctx(model.gguf_path, None, ram=ram + 2, kv_type="q8_0")
+    assert q8.kv_bytes_per_token == info.kv_bytes_per_token * 17 // 32
+    assert f16.ram_limit in (999, 1000) and q8.ram_limit in range(1880, 1884)
+    assert (f16.n_ctx, q8.n_ctx) == (768, 1792)
+    assert "q8_0" in q8.describe()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 RUNTIME_OVERHEAD = 500 * 1000**2
@@ -198,6 +199,32 @@ def find_entry(name: str) -> ModelEntry | None:
     wanted = name.strip().lower()
     for entry in REGISTRY:
         if wanted in (entry.name.lower(), entry.repo.lower()):
+            return entry
+    return None
+
+
+def _key(text: str) -> str:
+    """A name reduced for comparison: no quantization, no `gguf`, only letters and digits."""
+    text = _QUANT_RE.sub("", text.lower().removesuffix(".gguf"))
+    return re.sub(r"[^0-9a-zа-яё]+", "", text).removesuffix("gguf")
+
+
+def entry_for_file(path: Path, general_name: str | None = None) -> ModelEntry | None:
+    """The GGUF registry entry a local file is a download of, or None when unsure.
+
+    `models download` keeps a repository's files in a folder named after it; a file fetched
+    elsewhere is matched by its name (without the quantization) or its `general.name` against
+    an entry's short name or repository name.
+    """
+    entries = [entry for entry in REGISTRY if entry.kind == "gguf"]
+    folders = {parent.name.lower() for parent in path.parents}
+    for entry in entries:
+        if entry.repo.replace("/", "--").lower() in folders:
+            return entry
+    names = {_key(split_stem(path.name))} | ({_key(general_name)} if general_name else set())
+    names.discard("")
+    for entry in entries:
+        if names & {_key(entry.name), _key(entry.repo.split("/")[1])}:
             return entry
     return None
 
