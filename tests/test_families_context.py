@@ -165,3 +165,13 @@ def test_families_q8_0_kv_cache_fits_more_context(
     assert f16.ram_limit in (999, 1000) and q8.ram_limit in range(1880, 1884)
     assert (f16.n_ctx, q8.n_ctx) == (768, 1792)
     assert "q8_0" in q8.describe()
+
+
+def test_families_qwen3_entries_have_qwen3s_context() -> None:
+    """Qwen3 8B/32B configs say max_position_embeddings 40960 (their GGUFs' context_length);
+    capping at a smaller registry figure would throw away 8k tokens the model handles."""
+    from models.files.registry import REGISTRY
+
+    qwen3 = [entry for entry in REGISTRY if entry.family == "qwen3"]
+    assert {entry.name for entry in qwen3} == {"t-lite-it-2.1", "t-pro-it-2.0"}
+    assert {entry.context_length for entry in qwen3} == {40960}
