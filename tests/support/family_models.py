@@ -21,7 +21,16 @@ from typing import Any, Literal
 import gguf
 from family_weights import N_EMBD, N_LAYER, Weights, deepseek, deepseek2, llama_like
 from tiny_model import CORPUS_EN, CORPUS_RU, token_bytes
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import (
+    AddedToken,
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    trainers,
+)
 
 # Llama 3's split pattern (its tokenizer.json); Qwen2/3 differ only in taking digits one by one.
 LLAMA3_SPLIT = (
@@ -47,6 +56,9 @@ class Family:
     bos: str
     eos: str
     special: tuple[str, ...]  # control tokens besides bos/eos/unk/pad
+    # Added tokens that are not control tokens (Qwen3's `<think>`: `"special": false` in its
+    # tokenizer_config.json, USER_DEFINED in its GGUF).
+    user_defined: tuple[str, ...] = ()
     pre: str = ""  # llama.cpp's pre-tokenizer name (BPE only)
     split: str | None = None  # the regex the HF pre-tokenizer splits with (None: GPT-2's)
     ignore_merges: bool = False
@@ -108,7 +120,8 @@ FAMILIES: dict[str, Family] = {
             tokenizer="bpe",
             bos="",
             eos="<|im_end|>",
-            special=("<|endoftext|>", "<|im_start|>", "<think>", "</think>"),
+            special=("<|endoftext|>", "<|im_start|>"),
+            user_defined=("<think>", "</think>"),
             pre="qwen2",
             split=QWEN2_SPLIT,
             stands_for=("t-lite-it-2.1", "t-pro-it-2.0"),
@@ -223,16 +236,26 @@ def _train_bpe(family: Family) -> tuple[Tokenizer, _Vocab]:
         show_progress=False,
     )
     tokenizer.train_from_iterator(_lines(), trainer=trainer)
+    tokenizer.add_tokens(
+        [AddedToken(t, special=False, normalized=False) for t in family.user_defined]
+    )
     spec = json.loads(tokenizer.to_str())
-    vocab: dict[str, int] = spec["model"]["vocab"]
+    vocab: dict[str, int] = tokenizer.get_vocab(with_added_tokens=True)
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
     tokens = [tok for tok, _ in sorted(vocab.items(), key=lambda item: item[1])]
     types = [
-        int(gguf.TokenType.CONTROL if tok in specials else gguf.TokenType.NORMAL) for tok in tokens
+        int(
+            gguf.TokenType.CONTROL
+            if tok in specials
+            else gguf.TokenType.USER_DEFINED
+            if tok in family.user_defined
+            else gguf.TokenType.NORMAL
+        )
+        for tok in tokens
     ]
-    unwanted = [vocab[t] for t in specials if t != family.eos]
+    unwanted = [vocab[t] for t in (*specials, *family.user_defined) if t != family.eos]
     for idx, tok in enumerate(tokens):
-        if tok in specials:
+        if tok in specials or tok in family.user_defined:
             continue
         try:
             token_bytes(tok).decode("utf-8")
