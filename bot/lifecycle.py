@@ -40,7 +40,7 @@ def load_model(settings: Settings) -> ChatModel:
     """Blocking: reads the weights. Every failure becomes one sentence for the operator."""
     path = model_path(settings)
     try:
-        n_ctx = choose_n_ctx(path, settings.model.n_ctx).n_ctx
+        n_ctx = choose_n_ctx(path, settings.model.n_ctx, kv_type=settings.model.kv_type).n_ctx
         config = settings.model.to_config(path, n_ctx, settings.sampling.seed)
         return load_chat_model(
             config,

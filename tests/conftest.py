@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from family_models import StandIn, build_stand_in
 from sampling import GREEDY
 from tiny_model import build_tiny_gguf, build_tiny_lora
 
@@ -11,6 +12,20 @@ from models.prompt.tokenizer import LlamaTokenizer
 from models.runtime.chat_model import ChatModel, load_chat_model
 from models.runtime.loader import ModelConfig
 from models.runtime.state_cache import StateCacheConfig
+
+
+@pytest.fixture(scope="session")
+def stand_in(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str | None], StandIn]:
+    built: dict[tuple[str, str | None], StandIn] = {}
+
+    def get(family: str, embedded: str | None = None) -> StandIn:
+        key = (family, embedded)
+        if key not in built:
+            folder = tmp_path_factory.mktemp(f"family-{family}")
+            built[key] = build_stand_in(family, folder, chat_template=embedded)
+        return built[key]
+
+    return get
 
 
 @pytest.fixture(scope="session")

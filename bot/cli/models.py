@@ -143,13 +143,15 @@ def info(
         raise fail(str(exc)) from None
     lines = facts.lines()
     try:
-        choice = choose_n_ctx(path, load_settings().model.n_ctx)
+        model_settings = load_settings().model
+        choice = choose_n_ctx(path, model_settings.n_ctx, kv_type=model_settings.kv_type)
     except ModelError:
         choice = None  # no context length in the header: the lines already say "unknown"
     if choice is not None:
         where = next(i for i, line in enumerate(lines) if line.startswith("KV cache:"))
         limit = f"{choice.ram_limit} tokens" if choice.ram_limit else "unknown"
         lines[where + 1 : where + 1] = [
+            f"trained limit:   {choice.trained_line()}",
             f"RAM limit:       {limit} of context on this machine",
             f"N_CTX here:      {choice.describe()}",
         ]

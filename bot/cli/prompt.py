@@ -68,7 +68,9 @@ def prompt(
         conversation = _read_conversation(sys.stdin.read())
         tokenizer = LlamaTokenizer.from_file(model_path)
         chat_template = get_template(template or settings.model.template, tokenizer)
-        context = choose_n_ctx(model_path, n_ctx or settings.model.n_ctx).n_ctx
+        context = choose_n_ctx(
+            model_path, n_ctx or settings.model.n_ctx, kv_type=settings.model.kv_type
+        ).n_ctx
         window = Window(
             chat_template,
             tokenizer,

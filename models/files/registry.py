@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 RUNTIME_OVERHEAD = 500 * 1000**2
@@ -90,16 +91,18 @@ REGISTRY: tuple[ModelEntry, ...] = (
         repo="ai-sage/GigaChat-20B-A3B-instruct-GGUF",
         kind="gguf",
         template="gigachat",
-        context_length=32768,
-        kv_bytes_per_token=2 * 32 * 2048 * 2,  # approximate; MoE with 3B active parameters
-        notes="Mixture of experts, 3B active parameters: fast on a CPU for its size.",
+        context_length=131072,
+        # DeepSeek MoE v1 (llama.cpp's `deepseek`, not DeepSeek-2/MLA): 28 layers,
+        # grouped-query attention with 8 KV heads x 128.
+        kv_bytes_per_token=2 * 28 * 2 * 8 * 128,
+        notes="DeepSeek-style mixture of experts, 3B active parameters: fast on a CPU.",
         family="gigachat-moe",
     ),
     ModelEntry(
         name="saiga-mistral-7b",
         repo="IlyaGusev/saiga_mistral_7b_gguf",
         kind="gguf",
-        template="gigasaiga",
+        template="saiga_v2",  # rulm's saiga_mistral_7b config trains with saiga_v2
         context_length=8192,
         kv_bytes_per_token=2 * 32 * 1024 * 2,  # Mistral 7B: 32 layers, 8 KV heads x 128
         notes="Saiga on Mistral 7B.",
@@ -163,7 +166,7 @@ REGISTRY: tuple[ModelEntry, ...] = (
         repo="t-tech/T-lite-it-2.1-GGUF",
         kind="gguf",
         template="qwen3",
-        context_length=32768,
+        context_length=40960,  # Qwen3's max_position_embeddings
         kv_bytes_per_token=2 * 36 * 1024 * 2,  # Qwen3 8B: 36 layers, 8 KV heads x 128
         notes="T-Bank's T-lite on Qwen3 8B; ChatML, reasoning in <think> switched off.",
         family="qwen3",
@@ -173,7 +176,7 @@ REGISTRY: tuple[ModelEntry, ...] = (
         repo="t-tech/T-pro-it-2.0-GGUF",
         kind="gguf",
         template="qwen3",
-        context_length=32768,
+        context_length=40960,  # Qwen3's max_position_embeddings
         kv_bytes_per_token=2 * 64 * 1024 * 2,  # Qwen3 32B: 64 layers, 8 KV heads x 128
         notes="T-Bank's T-pro on Qwen3 32B; ChatML, reasoning in <think> switched off. Big.",
         family="qwen3",
@@ -196,6 +199,32 @@ def find_entry(name: str) -> ModelEntry | None:
     wanted = name.strip().lower()
     for entry in REGISTRY:
         if wanted in (entry.name.lower(), entry.repo.lower()):
+            return entry
+    return None
+
+
+def _key(text: str) -> str:
+    """A name reduced for comparison: no quantization, no `gguf`, only letters and digits."""
+    text = _QUANT_RE.sub("", text.lower().removesuffix(".gguf"))
+    return re.sub(r"[^0-9a-zа-яё]+", "", text).removesuffix("gguf")
+
+
+def entry_for_file(path: Path, general_name: str | None = None) -> ModelEntry | None:
+    """The GGUF registry entry a local file is a download of, or None when unsure.
+
+    `models download` keeps a repository's files in a folder named after it; a file fetched
+    elsewhere is matched by its name (without the quantization) or its `general.name` against
+    an entry's short name or repository name.
+    """
+    entries = [entry for entry in REGISTRY if entry.kind == "gguf"]
+    folders = {parent.name.lower() for parent in path.parents}
+    for entry in entries:
+        if entry.repo.replace("/", "--").lower() in folders:
+            return entry
+    names = {_key(split_stem(path.name))} | ({_key(general_name)} if general_name else set())
+    names.discard("")
+    for entry in entries:
+        if names & {_key(entry.name), _key(entry.repo.split("/")[1])}:
             return entry
     return None
 

@@ -4,21 +4,24 @@ A template turns messages into segments: `Special` pieces go in by token id, `Te
 tokenized with special-token parsing off. A user who types `</s>` therefore gets the characters
 `</s>`, never the end-of-turn token. Adjacent text pieces are merged before tokenizing so the
 ids match what the model saw in training (Hugging Face tokenizers split on special tokens and
-encode the runs between them).
+encode the runs between them). The base class is in `chat_template`, the GGUF-embedded
+template in `gguf_template`.
 """
 
 from __future__ import annotations
 
-import re
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
-
-import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from models.errors import TemplateError
+from models.prompt.chat_template import (
+    OPENAI_ROLES,
+    RUGPT35_SYSTEM,
+    SAIGA_SYSTEM,
+    ChatMessage,
+    ChatTemplate,
+    Role,
+)
+from models.prompt.gguf_template import GgufTemplate
 from models.prompt.segments import (
     Markup,
     Segment,
@@ -32,7 +35,13 @@ from models.prompt.segments import (
 from models.prompt.tokenizer import Tokenizer
 
 __all__ = [
+    "RUGPT35_SYSTEM",
+    "SAIGA_SYSTEM",
+    "ChatMessage",
+    "ChatTemplate",
+    "GgufTemplate",
     "Markup",
+    "Role",
     "Segment",
     "Special",
     "Text",
@@ -41,74 +50,6 @@ __all__ = [
     "merge_text",
     "render_segments",
 ]
-
-Role = Literal["system", "user", "bot"]
-
-SAIGA_SYSTEM = (
-    "Ты — Сайга, русскоязычный автоматический ассистент. Ты разговариваешь с людьми и помогаешь им."
-)
-# Most templates call the bot "assistant".
-OPENAI_ROLES = {"system": "system", "user": "user", "bot": "assistant"}
-RUGPT35_SYSTEM = (
-    "Ты — ruGPT-3.5, русскоязычный автоматический ассистент. "
-    "Ты разговариваешь с людьми и помогаешь им."
-)
-
-
-@dataclass(frozen=True)
-class ChatMessage:
-    role: Role
-    content: str
-
-
-class ChatTemplate:
-    """Base: subclasses describe the format; this class turns it into text and token ids.
-
-    `head` comes once at the start, `message` for each message, `generation_prompt` at the end.
-    Content is stripped, as the reference implementations do.
-    """
-
-    name: str = ""
-    default_system_prompt: str | None = None
-    stop_pieces: tuple[str, ...] = ()
-
-    def head(self, system: str | None) -> list[Segment]:
-        return []
-
-    def message(self, message: ChatMessage) -> list[Segment]:
-        raise NotImplementedError
-
-    def generation_prompt(self) -> list[Segment]:
-        raise NotImplementedError
-
-    def segments(
-        self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True
-    ) -> list[Segment]:
-        system = next((m.content.strip() for m in messages if m.role == "system"), None)
-        out = self.head(system)
-        for message in messages:
-            out += self.message(ChatMessage(message.role, message.content.strip()))
-        if add_generation_prompt:
-            out += self.generation_prompt()
-        return out
-
-    def render(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True) -> str:
-        return render_segments(self.segments(messages, add_generation_prompt=add_generation_prompt))
-
-    def encode(
-        self,
-        messages: Sequence[ChatMessage],
-        tokenizer: Tokenizer,
-        *,
-        add_generation_prompt: bool = True,
-    ) -> list[int]:
-        segments = self.segments(messages, add_generation_prompt=add_generation_prompt)
-        return encode_segments(segments, tokenizer)
-
-    def stop_token_ids(self, tokenizer: Tokenizer) -> set[int]:
-        """The template's end-of-turn pieces and every token the vocabulary marks as ending
-        generation (its EOS/EOT), as llama.cpp's own chat loop stops on them."""
-        return {tokenizer.token_id(piece) for piece in self.stop_pieces} | tokenizer.eog_ids()
 
 
 class SaigaTemplate(ChatTemplate):
@@ -128,6 +69,20 @@ class SaigaTemplate(ChatTemplate):
 
     def generation_prompt(self) -> list[Segment]:
         return [Special("<s>"), Text("bot")]
+
+
+class SaigaV2Template(SaigaTemplate):
+    """Saiga v2 (Saiga Mistral 7B): `<s>{role}\\n{content}</s>` per message with nothing
+    between turns, as rulm's `internal_prompts/saiga_v2.json` trained it; the reply follows
+    `<s>bot\\n`, as its author's llama.cpp chat script prompts it."""
+
+    name = "saiga_v2"
+
+    def message(self, message: ChatMessage) -> list[Segment]:
+        return [Special("<s>"), Text(f"{message.role}\n{message.content}"), Special("</s>")]
+
+    def generation_prompt(self) -> list[Segment]:
+        return [Special("<s>"), Text("bot\n")]
 
 
 class RuGpt35Template(SaigaTemplate):
@@ -298,72 +253,11 @@ class YandexTemplate(ChatTemplate):
         return out
 
 
-class GgufTemplate(ChatTemplate):
-    """The Jinja chat template embedded in the GGUF file.
-
-    The template is rendered with unique markers in place of the contents; the markers then
-    split the text into template parts (special tokens parsed) and contents (never parsed).
-    """
-
-    name = "gguf"
-
-    def __init__(self, source: str, *, bos: str = "", eos: str = "") -> None:
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        # Hugging Face templates call this to refuse conversations they cannot format.
-        env.globals["raise_exception"] = _raise_template_error
-        try:
-            self._template = env.from_string(source)
-        except jinja2.TemplateError as exc:
-            raise TemplateError(
-                f"The model file's chat template is not valid Jinja ({exc}); use another TEMPLATE."
-            ) from exc
-        self._bos, self._eos = bos, eos
-        self.stop_pieces = (eos,) if eos else ()
-
-    def segments(
-        self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True
-    ) -> list[Segment]:
-        markers = {f"\x00{uuid.uuid4().hex}\x00": m.content.strip() for m in messages}
-        try:
-            rendered = self._template.render(
-                messages=[
-                    {"role": OPENAI_ROLES[m.role], "content": marker}
-                    for m, marker in zip(messages, markers, strict=True)
-                ],
-                add_generation_prompt=add_generation_prompt,
-                bos_token=self._bos,
-                eos_token=self._eos,
-            )
-        except jinja2.TemplateError as exc:
-            raise TemplateError(
-                f"The model file's chat template failed ({exc}); use another TEMPLATE."
-            ) from exc
-        # Templates may move a message (Mistral's puts the system prompt into the newest user
-        # message): take the contents in the order they appear.
-        if not markers:
-            return [Markup(rendered)]
-        found = re.compile("(" + "|".join(map(re.escape, markers)) + ")")
-        parts = found.split(rendered)
-        missing = [
-            m.role for m, marker in zip(messages, markers, strict=True) if marker not in parts[1::2]
-        ]
-        if any(role != "system" for role in missing):
-            raise TemplateError("The GGUF chat template dropped a message; use another TEMPLATE.")
-        return [Text(markers[part]) if i % 2 else Markup(part) for i, part in enumerate(parts)]
-
-    def stop_token_ids(self, tokenizer: Tokenizer) -> set[int]:
-        eos = {tokenizer.token_id(self._eos)} if self._eos else set()
-        return eos | tokenizer.eog_ids()
-
-
-def _raise_template_error(message: str) -> None:
-    raise TemplateError(f"The model file's chat template refused the conversation: {message}")
-
-
 BUILTIN_TEMPLATES: dict[str, type[ChatTemplate]] = {
     cls.name: cls
     for cls in (
         SaigaTemplate,
+        SaigaV2Template,
         RuGpt35Template,
         SaigaLlama3Template,
         ChatMLTemplate,

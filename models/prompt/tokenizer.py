@@ -65,10 +65,27 @@ class LlamaTokenizer:
             ) from exc
 
     def encode(self, text: str, *, special: bool = False) -> list[int]:
+        """Token ids of `text`; without `special` no piece of it becomes an added token.
+
+        llama.cpp matches user-defined added tokens (Qwen3's `<think>`) even with special
+        parsing off, so such a piece typed by a user is tokenized as its characters instead.
+        """
         if not text:
             return []
-        data = well_formed(text).encode("utf-8")
-        return self._llama.tokenize(data, add_bos=False, special=special)
+        text = well_formed(text)
+        pattern = None if special else self._user_defined_pattern
+        if pattern is None or not pattern.search(text):
+            return self._tokenize(text, special)
+        ids: list[int] = []
+        for i, part in enumerate(pattern.split(text)):
+            if i % 2:  # an added token's text: split so that no part of it matches one
+                ids += self.encode(part[:-1]) + self.encode(part[-1:])
+            elif part:
+                ids += self._tokenize(part, False)
+        return ids
+
+    def _tokenize(self, text: str, special: bool) -> list[int]:
+        return self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=special)
 
     def decode(self, tokens: list[int], *, special: bool = False) -> str:
         """Text of `tokens`; with `special`, control tokens such as `</s>` appear as text."""
@@ -109,15 +126,25 @@ class LlamaTokenizer:
         )
 
     def control_pattern(self) -> re.Pattern[str] | None:
-        """A regex matching the text of any control token (longest first), in one group."""
+        """A regex matching the text of any control or user-defined added token (longest
+        first), in one group: what a template's markup may write as a token."""
         return self._control_pattern
 
     @cached_property
     def _control_pattern(self) -> re.Pattern[str] | None:
+        return self._pattern(
+            llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+        )
+
+    @cached_property
+    def _user_defined_pattern(self) -> re.Pattern[str] | None:
+        return self._pattern(llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED)
+
+    def _pattern(self, attributes: int) -> re.Pattern[str] | None:
         vocab = self._llama._model.vocab  # llama-cpp-python has no public getter
         pieces = set()
         for token in range(llama_cpp.llama_vocab_n_tokens(vocab)):
-            if llama_cpp.llama_vocab_get_attr(vocab, token) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL:
+            if llama_cpp.llama_vocab_get_attr(vocab, token) & attributes:
                 piece = self.decode([token], special=True)
                 if piece:
                     pieces.add(piece)

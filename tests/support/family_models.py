@@ -1,12 +1,12 @@
 """Tiny real stand-ins for every model family Domovoy offers, built at test time.
 
 Each stand-in is a GGUF llama.cpp loads like the real model of its family: the same
-architecture (llama, qwen3, deepseek2 MoE), the same kind of tokenizer (SentencePiece with
-byte fallback, Llama-3-style or Qwen-style byte-level BPE, GPT-2-style BPE for GigaChat) with
-the family's control tokens, random weights. The tokenizer is trained here on the corpus of
-`tiny_model`, and the same trained tokenizer is also saved in Hugging Face's layout, so the
-tests can compare Domovoy's prompts with `transformers` applying the family's published chat
-template.
+architecture (llama, qwen3, deepseek MoE v1, deepseek2 MoE), the same kind of tokenizer
+(SentencePiece with byte fallback, Llama-3-style or Qwen-style byte-level BPE, GPT-2-style
+BPE for GigaChat) with the family's control tokens, random weights. The tokenizer is trained
+here on the corpus of `tiny_model`, and the same trained tokenizer is also saved in Hugging
+Face's layout, so the tests can compare Domovoy's prompts with `transformers` applying the
+family's published chat template.
 The weights are random (see `family_weights`).
 """
 
@@ -19,9 +19,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import gguf
-from family_weights import N_EMBD, N_LAYER, Weights, deepseek2, llama_like
+from family_weights import N_EMBD, N_LAYER, Weights, deepseek, deepseek2, llama_like
 from tiny_model import CORPUS_EN, CORPUS_RU, token_bytes
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import (
+    AddedToken,
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    trainers,
+)
 
 # Llama 3's split pattern (its tokenizer.json); Qwen2/3 differ only in taking digits one by one.
 LLAMA3_SPLIT = (
@@ -47,6 +56,9 @@ class Family:
     bos: str
     eos: str
     special: tuple[str, ...]  # control tokens besides bos/eos/unk/pad
+    # Added tokens that are not control tokens (Qwen3's `<think>`: `"special": false` in its
+    # tokenizer_config.json, USER_DEFINED in its GGUF).
+    user_defined: tuple[str, ...] = ()
     pre: str = ""  # llama.cpp's pre-tokenizer name (BPE only)
     split: str | None = None  # the regex the HF pre-tokenizer splits with (None: GPT-2's)
     ignore_merges: bool = False
@@ -108,14 +120,15 @@ FAMILIES: dict[str, Family] = {
             tokenizer="bpe",
             bos="",
             eos="<|im_end|>",
-            special=("<|endoftext|>", "<|im_start|>", "<think>", "</think>"),
+            special=("<|endoftext|>", "<|im_start|>"),
+            user_defined=("<think>", "</think>"),
             pre="qwen2",
             split=QWEN2_SPLIT,
             stands_for=("t-lite-it-2.1", "t-pro-it-2.0"),
         ),
         Family(
             name="gigachat-moe",
-            arch="deepseek2",
+            arch="deepseek",
             tokenizer="bpe",
             bos="<s>",
             eos="</s>",
@@ -223,16 +236,26 @@ def _train_bpe(family: Family) -> tuple[Tokenizer, _Vocab]:
         show_progress=False,
     )
     tokenizer.train_from_iterator(_lines(), trainer=trainer)
+    tokenizer.add_tokens(
+        [AddedToken(t, special=False, normalized=False) for t in family.user_defined]
+    )
     spec = json.loads(tokenizer.to_str())
-    vocab: dict[str, int] = spec["model"]["vocab"]
+    vocab: dict[str, int] = tokenizer.get_vocab(with_added_tokens=True)
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
     tokens = [tok for tok, _ in sorted(vocab.items(), key=lambda item: item[1])]
     types = [
-        int(gguf.TokenType.CONTROL if tok in specials else gguf.TokenType.NORMAL) for tok in tokens
+        int(
+            gguf.TokenType.CONTROL
+            if tok in specials
+            else gguf.TokenType.USER_DEFINED
+            if tok in family.user_defined
+            else gguf.TokenType.NORMAL
+        )
+        for tok in tokens
     ]
-    unwanted = [vocab[t] for t in specials if t != family.eos]
+    unwanted = [vocab[t] for t in (*specials, *family.user_defined) if t != family.eos]
     for idx, tok in enumerate(tokens):
-        if tok in specials:
+        if tok in specials or tok in family.user_defined:
             continue
         try:
             token_bytes(tok).decode("utf-8")
@@ -325,7 +348,9 @@ def build_stand_in(
 
     weights = Weights(writer, seed)
     weights.embeddings(len(vocab.tokens), vocab.unwanted)
-    if family.arch == "deepseek2":
+    if family.arch == "deepseek":
+        deepseek(writer, weights)
+    elif family.arch == "deepseek2":
         deepseek2(writer, weights, mla=family.mla)
     else:
         llama_like(writer, weights, qk_norm=family.arch == "qwen3")

@@ -17,6 +17,19 @@ SAIGA = (
     "{% if add_generation_prompt %}{{ bos_token + 'bot' }}{% endif %}"
 )
 
+# Saiga v2 as published: rulm's self_instruct/configs/saiga_mistral_7b.json trains with
+# internal_prompts/saiga_v2.json, whose message templates are all "<s>{role}\n{content}</s>"
+# (no newline between turns); the reply prompt is <s>, "bot", "\n" as in its
+# src/interact_mistral_llamacpp.py (the json's own suffix is "<s>bot", the reply then starts
+# on a new line, as every trained bot message does).
+SAIGA_V2 = (
+    "{% for message in messages %}"
+    "{% set role = 'bot' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ bos_token + role + '\n' + message['content'] + eos_token }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ bos_token + 'bot\n' }}{% endif %}"
+)
+
 LLAMA3 = (
     "{% set loop_messages = messages %}{% for message in loop_messages %}"
     "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"

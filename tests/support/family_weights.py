@@ -86,9 +86,51 @@ def llama_like(writer: gguf.GGUFWriter, w: Weights, *, qk_norm: bool) -> None:
         _dense_ffn(w, i)
 
 
-# DeepSeek-2 shapes, scaled down; one dense block leads, as in GigaChat-20B-A3B.
+# MoE shapes, scaled down; one dense block leads, as in GigaChat-20B-A3B and GigaChat 3.
 N_EXPERT, N_EXPERT_USED, N_EXPERT_SHARED, N_FF_EXP = 4, 2, 1, 32
 Q_LORA, KV_LORA, QK_NOPE, QK_ROPE, V_HEAD = 32, 32, 16, 8, 16
+
+
+def _moe_keys(writer: gguf.GGUFWriter) -> None:
+    arch = writer.arch
+    writer.add_uint32(f"{arch}.leading_dense_block_count", 1)
+    writer.add_uint32(f"{arch}.expert_feed_forward_length", N_FF_EXP)
+    writer.add_uint32(f"{arch}.expert_count", N_EXPERT)
+    writer.add_uint32(f"{arch}.expert_used_count", N_EXPERT_USED)
+    writer.add_uint32(f"{arch}.expert_shared_count", N_EXPERT_SHARED)
+    writer.add_float32(f"{arch}.expert_weights_scale", 1.0)
+
+
+def _moe_ffn(w: Weights, i: int) -> None:
+    w.ones(f"blk.{i}.ffn_norm.weight", N_EMBD)
+    w.matrix(f"blk.{i}.ffn_gate_inp.weight", N_EXPERT, N_EMBD)
+    w.experts(f"blk.{i}.ffn_gate_exps.weight", N_EXPERT, N_FF_EXP, N_EMBD)
+    w.experts(f"blk.{i}.ffn_up_exps.weight", N_EXPERT, N_FF_EXP, N_EMBD)
+    w.experts(f"blk.{i}.ffn_down_exps.weight", N_EXPERT, N_EMBD, N_FF_EXP)
+    shared = N_FF_EXP * N_EXPERT_SHARED
+    w.matrix(f"blk.{i}.ffn_gate_shexp.weight", shared, N_EMBD)
+    w.matrix(f"blk.{i}.ffn_up_shexp.weight", shared, N_EMBD)
+    w.matrix(f"blk.{i}.ffn_down_shexp.weight", N_EMBD, shared)
+
+
+def deepseek(writer: gguf.GGUFWriter, w: Weights) -> None:
+    """DeepSeek MoE v1 (llama.cpp's `deepseek`, GigaChat-20B-A3B): llama-style grouped-query
+    attention with per-head keys and values in the cache, then a leading dense block and MoE
+    blocks with shared experts."""
+    head_dim = N_EMBD // N_HEAD
+    writer.add_head_count(N_HEAD)
+    writer.add_head_count_kv(N_HEAD_KV)
+    writer.add_feed_forward_length(N_FF)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-6)
+    _moe_keys(writer)
+    for i in range(N_LAYER):
+        _attention(w, i, head_dim)
+        if i == 0:
+            _dense_ffn(w, i)
+        else:
+            _moe_ffn(w, i)
 
 
 def deepseek2(writer: gguf.GGUFWriter, w: Weights, *, mla: bool = False) -> None:
@@ -110,14 +152,9 @@ def deepseek2(writer: gguf.GGUFWriter, w: Weights, *, mla: bool = False) -> None
         writer.add_head_count_kv(N_HEAD)
         writer.add_key_length(QK_NOPE + QK_ROPE)
         writer.add_value_length(V_HEAD)
-    writer.add_uint32(f"{arch}.leading_dense_block_count", 1)
+    _moe_keys(writer)
     writer.add_uint32(f"{arch}.attention.q_lora_rank", Q_LORA)
     writer.add_uint32(f"{arch}.attention.kv_lora_rank", KV_LORA)
-    writer.add_uint32(f"{arch}.expert_feed_forward_length", N_FF_EXP)
-    writer.add_uint32(f"{arch}.expert_count", N_EXPERT)
-    writer.add_uint32(f"{arch}.expert_used_count", N_EXPERT_USED)
-    writer.add_uint32(f"{arch}.expert_shared_count", N_EXPERT_SHARED)
-    writer.add_float32(f"{arch}.expert_weights_scale", 1.0)
     writer.add_bool(f"{arch}.expert_weights_norm", False)
     writer.add_uint32(f"{arch}.expert_gating_func", 1)  # softmax
     for i in range(N_LAYER):
@@ -135,13 +172,5 @@ def deepseek2(writer: gguf.GGUFWriter, w: Weights, *, mla: bool = False) -> None
         w.matrix(f"blk.{i}.attn_output.weight", N_EMBD, N_HEAD * V_HEAD)
         if i == 0:
             _dense_ffn(w, i)
-            continue
-        w.ones(f"blk.{i}.ffn_norm.weight", N_EMBD)
-        w.matrix(f"blk.{i}.ffn_gate_inp.weight", N_EXPERT, N_EMBD)
-        w.experts(f"blk.{i}.ffn_gate_exps.weight", N_EXPERT, N_FF_EXP, N_EMBD)
-        w.experts(f"blk.{i}.ffn_up_exps.weight", N_EXPERT, N_FF_EXP, N_EMBD)
-        w.experts(f"blk.{i}.ffn_down_exps.weight", N_EXPERT, N_EMBD, N_FF_EXP)
-        shared = N_FF_EXP * N_EXPERT_SHARED
-        w.matrix(f"blk.{i}.ffn_gate_shexp.weight", shared, N_EMBD)
-        w.matrix(f"blk.{i}.ffn_up_shexp.weight", shared, N_EMBD)
-        w.matrix(f"blk.{i}.ffn_down_shexp.weight", N_EMBD, shared)
+        else:
+            _moe_ffn(w, i)
