@@ -228,3 +228,60 @@ async def test_a_token_telegram_rejects_ends_with_one_sentence(
         "domovoy: Telegram rejected BOT_TOKEN: copy the token from @BotFather again."
     )
     assert b"Traceback" not in stderr
+
+
+async def test_sigterm_keeps_waiting_messages_and_a_real_restart_answers_them(
+    slow_gguf: Path, tmp_path: Path
+) -> None:
+    questions = ["Первый вопрос", "Второй вопрос", "Третий вопрос"]
+    async with FakeTelegram() as tg:
+        env = bot_env(
+            BOT_TOKEN=tg.token,
+            TELEGRAM_API_URL=tg.base_url,
+            MODEL_PATH=str(slow_gguf),
+            DATA_DIR=str(tmp_path / "data"),
+            ALLOWED_USERS=str(OWNER),
+            MAX_NEW_TOKENS="200",
+            N_THREADS="1",
+            PARALLEL="1",
+            STREAM_EDIT_INTERVAL="0.3",
+        )
+        process = await start_bot(env, tmp_path)
+        try:
+            await tg.wait_for(lambda: tg.calls("getUpdates"), timeout=60)
+            for question in questions:
+                tg.push_message(OWNER, question)
+            await tg.wait_for(lambda: tg.drafts(OWNER), timeout=30)
+            process.send_signal(signal.SIGTERM)
+            _, stderr = await asyncio.wait_for(process.communicate(), timeout=20)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        assert process.returncode == 0, stderr.decode()
+        told = tg.texts(OWNER)
+        assert told.count(RU.answer_after_restart) == 1  # one notice, however many wait
+        assert not any(RU.reply_stopped in text for text in told)
+        waiting = [r for r in await stored_history(tmp_path / "data") if r.status == "pending"]
+        assert [r.text for r in waiting] == questions[len(told) - 1 :]
+
+        process = await start_bot(env, tmp_path)
+        try:
+
+            async def all_answered() -> bool:
+                history = await stored_history(tmp_path / "data")
+                replies = [r for r in history if r.role == "bot" and r.telegram_message_ids]
+                return len(replies) == len(questions)
+
+            deadline = time.monotonic() + 120
+            while not await all_answered():
+                assert time.monotonic() < deadline, "the waiting messages were not answered"
+                await asyncio.sleep(0.2)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(process.communicate(), timeout=20)
+    history = await stored_history(tmp_path / "data")
+    assert [r.text for r in history if r.role == "user"] == questions  # stored once, in order
+    assert all(r.status == "complete" for r in history if r.role == "user")
+    delivered = [r for r in history if r.role == "bot" and r.telegram_message_ids]
+    assert len(delivered) == len(questions)
