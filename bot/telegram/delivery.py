@@ -22,25 +22,46 @@ from aiogram.exceptions import (
 from aiogram.methods import EditMessageText, SendMessage, SendMessageDraft, TelegramMethod
 from aiogram.types import LinkPreviewOptions, ReplyParameters
 
-from bot.telegram.formatting import to_html
+from bot.telegram.formatting import MESSAGE_LIMIT, to_html
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 FINAL_ATTEMPTS = 6
 FINAL_PATIENCE = 150.0  # seconds a finished reply waits for Telegram to come back
+NOTE_ROOM = 300  # room kept in the last message for the notes under a reply
 
 
 class DraftSupport:
-    """Shared across replies: once the Bot API refuses drafts, stop asking. Hands out the
-    draft ids, which only need to differ between the replies of one chat."""
+    """Shared across replies: once the Bot API refuses drafts (or rich messages), stop asking.
+    Hands out the draft ids, which only need to differ between the replies of one chat, and
+    knows which rich draft of a chat shows a Stop button and which ones the user stopped."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, rich: bool = False) -> None:
         self.enabled = enabled
+        self.rich = rich
         self._ids = itertools.count(1)
+        self.running: dict[int, int] = {}  # chat id -> draft id showing the Stop button
+        self._stopped: set[tuple[int, int]] = set()
 
     def next_id(self) -> int:
         return next(self._ids)
+
+    def stop(self, chat_id: int, draft_id: int) -> bool:
+        """The Stop button of a draft was pressed; True if it is the chat's running reply."""
+        if self.running.get(chat_id) != draft_id:
+            return False
+        del self.running[chat_id]
+        self._stopped.add((chat_id, draft_id))
+        return True
+
+    def stopped(self, chat_id: int, draft_id: int) -> bool:
+        return (chat_id, draft_id) in self._stopped
+
+    def finished(self, chat_id: int, draft_id: int) -> None:
+        if self.running.get(chat_id) == draft_id:
+            del self.running[chat_id]
+        self._stopped.discard((chat_id, draft_id))
 
 
 @dataclass(frozen=True)
@@ -55,6 +76,7 @@ class ChatTarget:
 class Payload:
     text: str
     parse_mode: str | None = None
+    source: str | None = None  # the Markdown the text was made from, for rich messages
 
 
 @dataclass
@@ -107,6 +129,11 @@ class Transport:
         self.blocked = False  # the user blocked the bot: nothing more can be delivered
 
     @property
+    def limit(self) -> int:
+        """The most characters one message of this reply may carry."""
+        return MESSAGE_LIMIT
+
+    @property
     def last_slot(self) -> int:
         return len(self._pace.slots) - 1
 
@@ -115,6 +142,10 @@ class Transport:
 
     def next_allowed(self) -> float:
         return max(self._pace.not_before, self._pace.last_send + self._pace.interval)
+
+    def release(self) -> None:
+        """The reply is over: forget what it left in the shared draft support."""
+        self._drafts.finished(self.target.chat_id, self._draft.draft_id)
 
     def hold_back(self) -> None:
         """After a failed update, wait a little longer before the next one: a persistent

@@ -32,13 +32,19 @@ from aiogram.exceptions import (
 )
 from aiogram.types import Message
 
-from bot.telegram.delivery import ChatTarget, DraftSupport, Payload, Transport, bad_entities
-from bot.telegram.formatting import MESSAGE_LIMIT, next_piece, split_message, to_html, utf16_len
+from bot.telegram.delivery import (
+    NOTE_ROOM,
+    ChatTarget,
+    DraftSupport,
+    Payload,
+    Transport,
+    bad_entities,
+)
+from bot.telegram.formatting import next_piece, split_message, to_html, utf16_len
+from bot.telegram.rich_delivery import RichTransport
 from bot.telegram.texts import Texts
 
 logger = logging.getLogger(__name__)
-
-NOTE_ROOM = 300  # room kept in the last message for the notes under a reply
 
 
 class Deferred(Exception):
@@ -72,7 +78,9 @@ class TelegramReply:
         interval: float,
         texts: Texts,
     ) -> None:
-        self._transport = Transport(bot, target, drafts, interval)
+        rich = target.private and drafts.enabled and drafts.rich
+        kind = RichTransport if rich else Transport
+        self._transport = kind(bot, target, drafts, interval)
         self._texts = texts
         self._view = _View()
         self._pages = _Pages()
@@ -131,7 +139,7 @@ class TelegramReply:
         rest = text[self._pages.frozen :]
         body = (self._pages.carry + rest).strip() if rest.strip() else ""
         note_html = "\n\n".join(f"<i>{escape(note)}</i>" for note in notes)
-        pieces = split_message(body, MESSAGE_LIMIT - NOTE_ROOM) if body else []
+        pieces = split_message(body, transport.limit - NOTE_ROOM) if body else []
         if not pieces and not note_html:
             note_html = "…"
         if not pieces:
@@ -148,6 +156,7 @@ class TelegramReply:
         self._flusher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._flusher
+        self._transport.release()
 
     # Background work.
 
@@ -188,19 +197,20 @@ class TelegramReply:
     async def _flush(self, text: str, is_status: bool) -> None:
         transport, pages = self._transport, self._pages
         if is_status:
-            await self._show(Payload(escape(text), ParseMode.HTML))
+            await self._show(Payload(escape(text), ParseMode.HTML, source=text))
             return
         body = pages.carry + text[pages.frozen :]
         # Text past the limit closes the current message for good and opens the next one.
-        while utf16_len(body.strip()) > MESSAGE_LIMIT - NOTE_ROOM:
-            piece, used, carry = next_piece(body, MESSAGE_LIMIT - NOTE_ROOM)
+        limit = transport.limit - NOTE_ROOM
+        while utf16_len(body.strip()) > limit:
+            piece, used, carry = next_piece(body, limit)
             await transport.deliver(piece, "", transport.last_slot)
             transport.open_slot()
             pages.frozen += used - len(pages.carry)
             pages.carry = carry
             body = pages.carry + text[pages.frozen :]
         if body.strip():
-            await self._show(Payload(to_html(body.strip()), ParseMode.HTML))
+            await self._show(Payload(to_html(body.strip()), ParseMode.HTML, body.strip()))
 
     async def _show(self, payload: Payload) -> None:
         """An intermediate view: a draft, or a sent then edited message."""
