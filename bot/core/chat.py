@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from bot.core.in_flight import ActiveReply, Cut, RepliesInFlight
 from bot.core.ordering import Ticket
-from bot.core.turn import Outcome, ReplySink, Turn, conversation_key, to_turns
+from bot.core.turn import Outcome, ReplySink, Turn, conversation_key, state_key, to_turns
 from bot.core.turn_writer import TurnWriter
 from models.prompt.window import WindowResult
 from models.runtime.chat_model import ChatModel
@@ -126,12 +126,17 @@ class ChatService:
         for key in self._replies.keys_of_user(user_id):
             self._invalidate(key)
         for conversation in await ConversationRepository(session).list_for_user(user_id):
-            self._invalidate(conversation_key(user_id, conversation.chat_id))
+            self._invalidate(state_key(user_id, conversation.chat_id, conversation.id))
 
     async def reset(self, session: AsyncSession, user_id: int, chat_id: int) -> None:
+        """Start a new conversation; the old one keeps its history and its kept state, for
+        /chats to switch back to."""
         await ConversationRepository(session).reset(user_id, chat_id)
         await session.commit()
-        self._invalidate(conversation_key(user_id, chat_id))
+
+    def drop_state(self, key: str) -> None:
+        """Erase the model state kept under `key` (a deleted conversation)."""
+        self._on_model_thread(self.model.engine.forget(key))
 
     def stop(self, user_id: int, chat_id: int) -> bool:
         """Cancel the user's running and queued replies in that chat; False if there were none."""
@@ -148,6 +153,7 @@ class ChatService:
             keys.add(conversation_key(user_id, user_id))
             for key in keys:
                 self._replies.cancel(key, Cut.FORGOTTEN)
+            keys |= {state_key(user_id, c.chat_id, c.id) for c in conversations}
             await UserRepository(session).forget(user_id)
             await session.commit()
         if isinstance(session.bind, AsyncEngine):
@@ -166,7 +172,7 @@ class ChatService:
             return False
         await messages.update(record.id, text=text)
         await session.commit()
-        self._invalidate(conversation_key(user_id, chat_id))
+        self._invalidate(state_key(user_id, chat_id, conversation.id))
         return True
 
     # The turn itself.
@@ -262,7 +268,9 @@ class ChatService:
         sink: ReplySink,
     ) -> Outcome:
         generation = self.model.engine.submit(
-            window.tokens, max_new_tokens=window.max_new_tokens, key=active.key
+            window.tokens,
+            max_new_tokens=window.max_new_tokens,
+            key=f"{active.key}:{message.conversation_id}",  # turn.state_key
         )
         active.generation = generation
         if active.cut is not None:

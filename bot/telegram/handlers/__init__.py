@@ -6,6 +6,7 @@ from aiogram import Router
 
 from bot.telegram.handlers import (
     chat,
+    conversations,
     forget,
     groups,
     media,
@@ -20,5 +21,17 @@ from bot.telegram.handlers import (
 
 def build_routers() -> list[Router]:
     # Commands first, then non-text media, then free text (the catch-all).
-    modules = (start, reset, system, stop, stop_button, forget, status, groups, media, chat)
+    modules = (
+        start,
+        reset,
+        conversations,
+        system,
+        stop,
+        stop_button,
+        forget,
+        status,
+        groups,
+        media,
+        chat,
+    )
     return [module.build_router() for module in modules]
