@@ -20,7 +20,7 @@ from aiogram.exceptions import (
     TelegramServerError,
 )
 from aiogram.methods import EditMessageText, SendMessage, SendMessageDraft, TelegramMethod
-from aiogram.types import LinkPreviewOptions, ReplyParameters
+from aiogram.types import InlineKeyboardMarkup, LinkPreviewOptions, ReplyParameters
 
 from bot.telegram.formatting import MESSAGE_LIMIT, to_html
 
@@ -77,6 +77,7 @@ class Payload:
     text: str
     parse_mode: str | None = None
     source: str | None = None  # the Markdown the text was made from, for rich messages
+    markup: InlineKeyboardMarkup | None = None  # buttons under a finished message
 
 
 @dataclass
@@ -84,7 +85,7 @@ class _Slot:
     """One Telegram message of the reply (in edit mode) and what it shows now."""
 
     message_id: int | None = None
-    shown: tuple[str, str | None] | None = None  # (text, parse_mode)
+    shown: tuple[str, str | None, InlineKeyboardMarkup | None] | None = None
 
 
 @dataclass
@@ -204,7 +205,7 @@ class Transport:
     async def _put(self, payload: Payload, index: int) -> None:
         """Send slot `index` as a new message, or edit it when it exists and changed."""
         slot, target = self._pace.slots[index], self.target
-        wanted = (payload.text, payload.parse_mode)
+        wanted = (payload.text, payload.parse_mode, payload.markup)
         if slot.shown == wanted:
             return
         if slot.message_id is None:
@@ -221,6 +222,7 @@ class Transport:
                     message_thread_id=target.thread_id,
                     reply_parameters=reply,
                     link_preview_options=LinkPreviewOptions(is_disabled=True),
+                    reply_markup=payload.markup,
                 )
             )
             slot.message_id = message.message_id
@@ -234,6 +236,7 @@ class Transport:
                         text=payload.text,
                         parse_mode=payload.parse_mode,
                         link_preview_options=LinkPreviewOptions(is_disabled=True),
+                        reply_markup=payload.markup,
                     )
                 )
             except TelegramBadRequest as exc:
@@ -247,16 +250,23 @@ class Transport:
                     raise
         slot.shown = wanted
 
-    async def deliver(self, piece: str, note_html: str, index: int) -> None:
+    async def deliver(
+        self,
+        piece: str,
+        note_html: str,
+        index: int,
+        markup: InlineKeyboardMarkup | None = None,
+    ) -> None:
         """Put one finished message in place, whatever it takes within reason."""
         if self.blocked:
             return
         while len(self._pace.slots) <= index:
             self.open_slot()
         html = to_html(piece) if piece else ""
-        html_payload = Payload("\n\n".join(p for p in (html, note_html) if p), ParseMode.HTML)
+        html_text = "\n\n".join(p for p in (html, note_html) if p)
+        html_payload = Payload(html_text, ParseMode.HTML, markup=markup)
         plain_notes = note_html.replace("<i>", "").replace("</i>", "")
-        plain_payload = Payload("\n\n".join(p for p in (piece, plain_notes) if p))
+        plain_payload = Payload("\n\n".join(p for p in (piece, plain_notes) if p), markup=markup)
         if self._draft.active:
             # Drafts are previews only: every finished piece goes as a real message.
             self._pace.slots[index] = _Slot()

@@ -30,7 +30,7 @@ from aiogram.exceptions import (
     TelegramRetryAfter,
     TelegramServerError,
 )
-from aiogram.types import Message
+from aiogram.types import InlineKeyboardMarkup, Message
 
 from bot.telegram.delivery import (
     NOTE_ROOM,
@@ -126,8 +126,11 @@ class TelegramReply:
 
     # What the handler does with the outcome.
 
-    async def finish(self, text: str, notes: list[str]) -> list[int]:
-        """Deliver the whole text; returns the ids of every message that carries it."""
+    async def finish(
+        self, text: str, notes: list[str], markup: InlineKeyboardMarkup | None = None
+    ) -> list[int]:
+        """Deliver the whole text, `markup` under its last message; returns the ids of every
+        message that carries it."""
         self._view.started.set()
         self._finishing.set()
         self._dirty.set()
@@ -147,7 +150,9 @@ class TelegramReply:
         base = transport.last_slot
         for index, piece in enumerate(pieces):
             last = index == len(pieces) - 1
-            await transport.deliver(piece, note_html if last else "", base + index)
+            await transport.deliver(
+                piece, note_html if last else "", base + index, markup if last else None
+            )
         return transport.message_ids
 
     async def close(self) -> None:

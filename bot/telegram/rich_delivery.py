@@ -15,7 +15,7 @@ from html import unescape
 from aiogram import Bot
 from aiogram.exceptions import TelegramBadRequest, TelegramNotFound
 from aiogram.methods import SendRichMessage, SendRichMessageDraft
-from aiogram.types import InputRichMessage
+from aiogram.types import InlineKeyboardMarkup, InputRichMessage
 
 from bot.telegram.delivery import NOTE_ROOM, ChatTarget, DraftSupport, Payload, Transport
 from bot.telegram.formatting import MESSAGE_LIMIT, split_message
@@ -80,7 +80,13 @@ class RichTransport(Transport):
         self._drafts.running[target.chat_id] = self._draft.draft_id
         self._draft.shown = payload.source
 
-    async def deliver(self, piece: str, note_html: str, index: int) -> None:
+    async def deliver(
+        self,
+        piece: str,
+        note_html: str,
+        index: int,
+        markup: InlineKeyboardMarkup | None = None,
+    ) -> None:
         """One finished piece; `index` is ignored: every piece opens its own message."""
         if self.blocked:
             return
@@ -88,7 +94,7 @@ class RichTransport(Transport):
             notes = markdown_notes(note_html) if note_html else ""
             markdown = "\n\n".join(p for p in (piece, notes) if p) or "…"
             try:
-                await self._retrying(lambda: self._send_rich(markdown))
+                await self._retrying(lambda: self._send_rich(markdown, markup))
                 return
             except TelegramNotFound as exc:
                 self._no_rich(exc)
@@ -97,15 +103,18 @@ class RichTransport(Transport):
         pieces = split_message(piece, MESSAGE_LIMIT - NOTE_ROOM) if piece else [""]
         for number, part in enumerate(pieces):
             last = number == len(pieces) - 1
-            await super().deliver(part, note_html if last else "", self.last_slot)
+            await super().deliver(
+                part, note_html if last else "", self.last_slot, markup if last else None
+            )
             self.open_slot()
 
-    async def _send_rich(self, markdown: str) -> None:
+    async def _send_rich(self, markdown: str, markup: InlineKeyboardMarkup | None) -> None:
         message = await self._call(
             SendRichMessage(
                 chat_id=self.target.chat_id,
                 rich_message=InputRichMessage(markdown=markdown),
                 message_thread_id=self.target.thread_id,
+                reply_markup=markup,
             )
         )
         self.message_ids.append(message.message_id)

@@ -35,6 +35,9 @@ class Texts:
     chats_deleted: str
     chats_gone: str
     chats_not_yours: str
+    regenerate_button: str
+    regenerate_only_last: str
+    regenerate_not_yours: str
     access_closed: str  # {user_id}
     access_closed_here: str  # in a group: the id is not for everyone's eyes
     access_closed_sent: str  # in a group, when the id went to them privately
@@ -110,6 +113,9 @@ RU = Texts(
     chats_deleted="Разговор удалён.",
     chats_gone="Этого разговора больше нет.",
     chats_not_yours="Это список другого человека; отправьте свой /chats.",
+    regenerate_button="🔄 Другой ответ",
+    regenerate_only_last="Заново можно написать только последний ответ разговора.",
+    regenerate_not_yours="Другой ответ может попросить только тот, кто задал вопрос.",
     system_current="Ваша системная подсказка:\n\n{prompt}",
     system_default="Сейчас действует стандартная системная подсказка:\n\n{prompt}",
     system_set="Системная подсказка сохранена; она действует со следующего сообщения.",
@@ -208,6 +214,9 @@ EN = Texts(
     chats_deleted="Conversation deleted.",
     chats_gone="That conversation no longer exists.",
     chats_not_yours="This is someone else's list; send your own /chats.",
+    regenerate_button="🔄 Another answer",
+    regenerate_only_last="Only the last reply of a conversation can be written again.",
+    regenerate_not_yours="Only the person who asked can ask for another answer.",
     system_current="Your system prompt:\n\n{prompt}",
     system_default="The default system prompt is in use:\n\n{prompt}",
     system_set="System prompt saved; it applies from your next message.",

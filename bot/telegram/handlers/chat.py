@@ -21,6 +21,7 @@ from bot.core.turn_writer import record_delivery
 from bot.settings import Settings
 from bot.telegram.delivery import DraftSupport
 from bot.telegram.filters import Addressed, text_for_bot
+from bot.telegram.handlers.regenerate import regenerate_button
 from bot.telegram.reply import TelegramReply, target_of
 from bot.telegram.texts import Texts
 from bot.telegram.typing_indicator import TypingIndicators
@@ -80,7 +81,8 @@ async def _answer(
             await message.answer(texts.answer_after_restart)
         if outcome.shows_nothing:
             return
-        ids = await reply.finish(outcome.text, texts.notes_for(outcome))
+        markup = regenerate_button(texts, turn.user.id, outcome.bot_message_id)
+        ids = await reply.finish(outcome.text, texts.notes_for(outcome), markup)
     except TelegramAPIError as exc:
         # The reply is stored already; Telegram would not take it even after retries.
         logger.exception("reply not delivered to chat %d: %s", message.chat.id, exc)
