@@ -55,7 +55,11 @@ async def on_text(
     target = target_of(message, private=message.chat.type == ChatType.PRIVATE)
     turn = Turn(user, message.chat.id, text, message.message_id)
     reply = TelegramReply(
-        bot, target, drafts=drafts, interval=settings.telegram.stream_edit_interval, texts=texts
+        bot,
+        target,
+        drafts=drafts,
+        interval=settings.telegram.edit_interval(target.private),
+        texts=texts,
     )
     async with reply, typing.until(target, reply.started):
         await _answer(message, session, turn, reply, ticket, chat_service, texts)

@@ -75,7 +75,7 @@ async def on_regenerate(
         reply_to=None if private else message.message_id,
         thread_id=message.message_thread_id if message.is_topic_message else None,
     )
-    interval = settings.telegram.stream_edit_interval
+    interval = settings.telegram.edit_interval(private)
     reply = TelegramReply(bot, target, drafts=drafts, interval=interval, texts=texts)
     async with reply, typing.until(target, reply.started):
         try:
