@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from bot.core.in_flight import ActiveReply, Cut, RepliesInFlight
 from bot.core.ordering import Ticket
+from bot.core.reasoning import answer_of
 from bot.core.turn import Outcome, ReplySink, Turn, conversation_key, state_key, to_turns
 from bot.core.turn_writer import TurnWriter
 from models.prompt.window import WindowResult
@@ -295,18 +296,18 @@ class ChatService:
         except Exception:
             logger.exception("generation failed")
             await writer.save_reply(message, reply_id, active.streamed, "failed")
-            return Outcome(active.streamed, "failed", reply_id, failed=True)
+            return Outcome(answer_of(active.streamed), "failed", reply_id, failed=True)
         if active.forgotten:
             # The user deleted everything, this reply's rows included: store and show nothing.
             return Outcome(forgotten=True)
         status: Status = "partial" if result.finish_reason == "cancelled" else "complete"
         await writer.save_reply(message, reply_id, result.text, status, result.n_tokens)
         self._note_speed(status, result)
-        if active.cut is Cut.SHUTDOWN and not result.text.strip():
+        if active.cut is Cut.SHUTDOWN and not answer_of(result.text).strip():
             await writer.mark_waiting(message.id)  # nothing written yet: the restart answers
             return Outcome(waiting=self._replies.first_to_wait(active.key))
         return Outcome(
-            result.text,
+            answer_of(result.text),  # as stored: the reasoning is not part of the reply
             status,
             reply_id,
             stopped=status == "partial" and active.cut is Cut.STOPPED,

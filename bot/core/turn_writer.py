@@ -12,6 +12,7 @@ import asyncio
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.core.in_flight import ActiveReply
+from bot.core.reasoning import answer_of
 from bot.core.turn import Turn
 from storage.records import MessageRecord, Status
 from storage.repositories import ConversationRepository, MessageRepository
@@ -82,7 +83,9 @@ class TurnWriter:
             if self._active.forgotten:
                 return
             messages = MessageRepository(self._session)
-            await messages.update(reply_id, text=text, status=status, n_tokens=n_tokens)
+            # A reasoning model's thinking is not stored: later prompts never see it.
+            stored = answer_of(text)
+            await messages.update(reply_id, text=stored, status=status, n_tokens=n_tokens)
             if message.status == "pending" and status != "pending":
                 await messages.update(message.id, status="complete")
             await self._session.commit()

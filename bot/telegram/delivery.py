@@ -78,6 +78,7 @@ class Payload:
     parse_mode: str | None = None
     source: str | None = None  # the Markdown the text was made from, for rich messages
     markup: InlineKeyboardMarkup | None = None  # buttons under a finished message
+    reasoning: str = ""  # a reasoning model's thinking, for the thinking block of a rich draft
 
 
 @dataclass

@@ -32,6 +32,7 @@ from aiogram.exceptions import (
 )
 from aiogram.types import InlineKeyboardMarkup, Message
 
+from bot.core.reasoning import split_reasoning
 from bot.telegram.delivery import (
     NOTE_ROOM,
     ChatTarget,
@@ -57,6 +58,7 @@ class _View:
 
     text: str = ""
     is_status: bool = False
+    reasoning: str = ""  # a reasoning model's thinking, shown only in rich drafts
     started: asyncio.Event = field(default_factory=asyncio.Event)  # the first words came
 
 
@@ -118,9 +120,13 @@ class TelegramReply:
         await self._show_status(self._texts.queue_your_turn)
 
     async def update(self, text: str) -> None:
-        if not text.strip():
+        reasoning, answer = split_reasoning(text)
+        transport = self._transport
+        if not (isinstance(transport, RichTransport) and transport.rich):
+            reasoning = ""  # only a rich draft has a thinking block; elsewhere it is dropped
+        if not answer.strip() and not reasoning:
             return
-        self._view.text, self._view.is_status = text, False
+        self._view.text, self._view.is_status, self._view.reasoning = answer, False, reasoning
         self._view.started.set()
         self._dirty.set()
 
@@ -214,8 +220,10 @@ class TelegramReply:
             pages.frozen += used - len(pages.carry)
             pages.carry = carry
             body = pages.carry + text[pages.frozen :]
-        if body.strip():
-            await self._show(Payload(to_html(body.strip()), ParseMode.HTML, body.strip()))
+        reasoning = self._view.reasoning
+        if body.strip() or reasoning:
+            html = to_html(body.strip())
+            await self._show(Payload(html, ParseMode.HTML, body.strip(), reasoning=reasoning))
 
     async def _show(self, payload: Payload) -> None:
         """An intermediate view: a draft, or a sent then edited message."""

@@ -10,7 +10,7 @@ sent again through `Transport`, as HTML and then as plain text, cut to its lengt
 from __future__ import annotations
 
 import logging
-from html import unescape
+from html import escape, unescape
 
 from aiogram import Bot
 from aiogram.exceptions import TelegramBadRequest, TelegramNotFound
@@ -33,6 +33,15 @@ def markdown_notes(note_html: str) -> str:
     return "\n\n".join(f"_{note}_" for note in escaped)
 
 
+def _draft_content(payload: Payload) -> InputRichMessage:
+    """The draft's content: the Markdown as written, or, while a reasoning model thinks, its
+    thinking in Telegram's collapsed thinking block (an HTML-only tag) above the answer."""
+    if not payload.reasoning:
+        return InputRichMessage(markdown=payload.source)
+    thinking = f"<tg-thinking>{escape(payload.reasoning)}</tg-thinking>"
+    return InputRichMessage(html=thinking + payload.text)
+
+
 class RichTransport(Transport):
     """A `Transport` for one private chat's reply that prefers rich messages."""
 
@@ -53,7 +62,8 @@ class RichTransport(Transport):
         if not self.rich or payload.source is None:
             await super().show(payload)
             return
-        if self.draft_stopped or payload.source == self._draft.shown:
+        shown = f"{payload.reasoning}\x00{payload.source}"
+        if self.draft_stopped or shown == self._draft.shown:
             return
         target = self.target
         try:
@@ -61,7 +71,7 @@ class RichTransport(Transport):
                 SendRichMessageDraft(
                     chat_id=target.chat_id,
                     draft_id=self._draft.draft_id,
-                    rich_message=InputRichMessage(markdown=payload.source),
+                    rich_message=_draft_content(payload),
                     message_thread_id=target.thread_id,
                     can_stop=True,
                     # The partial reply stays visible until the final message replaces it.
@@ -75,10 +85,11 @@ class RichTransport(Transport):
         except TelegramBadRequest as exc:
             # Markdown cut mid-way can be unparsable: this draft goes as HTML instead.
             logger.info("rich draft refused (%s); showing it as HTML", exc)
-            await super().show(payload)
+            if payload.text:
+                await super().show(payload)
             return
         self._drafts.running[target.chat_id] = self._draft.draft_id
-        self._draft.shown = payload.source
+        self._draft.shown = shown
 
     async def deliver(
         self,
