@@ -135,6 +135,10 @@ class ChatService:
         await ConversationRepository(session).reset(user_id, chat_id)
         await session.commit()
 
+    def busy(self, user_id: int, chat_id: int) -> bool:
+        """A reply of the user in that chat is written or waits its turn."""
+        return conversation_key(user_id, chat_id) in self._replies.keys_of_user(user_id)
+
     def drop_state(self, key: str) -> None:
         """Erase the model state kept under `key` (a deleted conversation)."""
         self._on_model_thread(self.model.engine.forget(key))

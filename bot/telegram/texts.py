@@ -35,6 +35,7 @@ class Texts:
     chats_deleted: str
     chats_gone: str
     chats_not_yours: str
+    chats_busy: str
     regenerate_button: str
     regenerate_only_last: str
     regenerate_not_yours: str
@@ -113,6 +114,7 @@ RU = Texts(
     chats_deleted="Разговор удалён.",
     chats_gone="Этого разговора больше нет.",
     chats_not_yours="Это список другого человека; отправьте свой /chats.",
+    chats_busy="Я ещё пишу ответ в этом чате; удалить разговор можно, когда закончу.",
     regenerate_button="🔄 Другой ответ",
     regenerate_only_last="Заново можно написать только последний ответ разговора.",
     regenerate_not_yours="Другой ответ может попросить только тот, кто задал вопрос.",
@@ -214,6 +216,7 @@ EN = Texts(
     chats_deleted="Conversation deleted.",
     chats_gone="That conversation no longer exists.",
     chats_not_yours="This is someone else's list; send your own /chats.",
+    chats_busy="I am still writing a reply in this chat; delete it once I am done.",
     regenerate_button="🔄 Another answer",
     regenerate_only_last="Only the last reply of a conversation can be written again.",
     regenerate_not_yours="Only the person who asked can ask for another answer.",

@@ -89,6 +89,10 @@ async def on_choice(
         title = conversations.first_words(found[cid].first_message)
         await query.message.edit_text(texts.chats_switched.format(title=title))
         return
+    if chat_service.busy(user.id, chat_id):
+        # Its rows may be the ones the running reply writes to.
+        await query.answer(texts.chats_busy, show_alert=True)
+        return
     if not await conversations.delete(chat_service, session, user.id, chat_id, cid):
         await query.answer(texts.chats_gone, show_alert=True)
         return
