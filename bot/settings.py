@@ -53,10 +53,22 @@ class TelegramSettings(BaseModel):
     allowed_users: Annotated[list[str], NoDecode] = Field(default_factory=list)
     admin_users: Annotated[list[str], NoDecode] = Field(default_factory=list)
     stream_edit_interval: float = Field(default=1.0, gt=0.0)
+    # Groups have no drafts: a reply streams by editing one message, and Telegram allows a
+    # group about 20 messages a minute, edits included.
+    group_edit_interval: float = Field(default=3.0, gt=0.0)
     use_drafts: bool = True
+    # Bot API 10.1 rich messages (Markdown rendered by Telegram, the Stop button) in private
+    # chats; without them, or on a server that lacks them, drafts with HTML are used.
+    use_rich_messages: bool = True
     # Telegram's flood limits, kept per chat by bot/telegram/sender.py for every send and edit.
     chat_message_interval: float = Field(default=1.0, ge=0.0)
     group_messages_per_minute: int = Field(default=20, ge=1)
+
+    def edit_interval(self, private: bool) -> float:
+        """Seconds between two updates of a streamed reply in this kind of chat."""
+        if private:
+            return self.stream_edit_interval
+        return max(self.stream_edit_interval, self.group_edit_interval)
 
     @field_validator("allowed_users", "admin_users", mode="before")
     @classmethod

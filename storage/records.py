@@ -8,7 +8,8 @@ from typing import Literal, get_args
 
 Role = Literal["user", "bot"]
 # "pending": a bot reply row created before generation and updated while it streams.
-Status = Literal["complete", "partial", "failed", "pending"]
+# 'replaced': a reply the user regenerated; kept, never shown to the model again.
+Status = Literal["complete", "partial", "failed", "pending", "replaced"]
 
 ROLES: tuple[str, ...] = get_args(Role)
 STATUSES: tuple[str, ...] = get_args(Status)
@@ -32,6 +33,16 @@ class ConversationRecord:
     chat_id: int  # private chat: equals user_id
     started_at: datetime
     closed_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationSummary:
+    """One line of a user's conversation list: how it began and when it was last used."""
+
+    id: int
+    first_message: str  # the user's first message in it
+    last_at: datetime
+    current: bool  # the conversation new messages go to
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,7 +91,9 @@ class Message(Base):
         # The history read: one conversation's rows in id order, straight from this index.
         Index("ix_messages_conversation_id_id", "conversation_id", "id"),
         CheckConstraint("role IN ('user', 'bot')", name="role"),
-        CheckConstraint("status IN ('complete', 'partial', 'failed', 'pending')", name="status"),
+        CheckConstraint(
+            "status IN ('complete', 'partial', 'failed', 'pending', 'replaced')", name="status"
+        ),
         CheckConstraint("n_tokens >= 0", name="n_tokens"),
     )
 

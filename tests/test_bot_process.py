@@ -37,6 +37,7 @@ BOT_ENV = [
     "SYSTEM_PROMPT",
     "TEMPLATE",
     "USE_DRAFTS",
+    "USE_RICH_MESSAGES",
     "STATE_DIRECTORY",
 ]
 
@@ -48,6 +49,8 @@ def slow_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def bot_env(**values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in BOT_ENV}
+    # These tests watch the drafts path; rich replies have their own (tests/test_bot_rich.py).
+    env["USE_RICH_MESSAGES"] = "false"
     env.update(values)
     return env
 

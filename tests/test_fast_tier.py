@@ -54,6 +54,7 @@ def fast_settings(data_dir: Path) -> Settings:
         admin_users=[str(ADMIN)],
         data_dir=data_dir,
         stream_edit_interval=0.01,
+        use_rich_messages=False,  # the mocked bot answers the methods of the plain path
     )
 
 

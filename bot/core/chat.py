@@ -27,7 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from bot.core.in_flight import ActiveReply, Cut, RepliesInFlight
 from bot.core.ordering import Place
-from bot.core.turn import Outcome, ReplySink, Turn, conversation_key, to_turns
+from bot.core.reasoning import answer_of
+from bot.core.turn import Outcome, ReplySink, Turn, conversation_key, state_key, to_turns
 from bot.core.turn_writer import TurnWriter
 from models.prompt.window import WindowResult
 from models.runtime.chat_model import ChatModel
@@ -44,8 +45,6 @@ from storage.repositories import (
 
 logger = logging.getLogger(__name__)
 
-# A custom system prompt must leave at least this many tokens for the user's message.
-MIN_MESSAGE_ROOM = 32
 STATUS_POLL = 1.0
 CHECKPOINT_EVERY = 5.0  # seconds between saves of a reply that is still being written
 
@@ -113,14 +112,6 @@ class ChatService:
     async def user(self, session: AsyncSession, user_id: int) -> UserRecord | None:
         return await UserRepository(session).get(user_id)
 
-    def check_system_prompt(self, prompt: str) -> tuple[int, int] | None:
-        """None when the prompt fits with room for a message, else (tokens, budget)."""
-        window = self.model.window
-        overhead = window.system_overhead(prompt)
-        if overhead + MIN_MESSAGE_ROOM > window.budget:
-            return overhead, window.budget - MIN_MESSAGE_ROOM
-        return None
-
     async def set_system_prompt(
         self, session: AsyncSession, user_id: int, prompt: str | None
     ) -> None:
@@ -129,12 +120,21 @@ class ChatService:
         for key in self._replies.keys_of_user(user_id):
             self._invalidate(key)
         for conversation in await ConversationRepository(session).list_for_user(user_id):
-            self._invalidate(conversation_key(user_id, conversation.chat_id))
+            self._invalidate(state_key(user_id, conversation.chat_id, conversation.id))
 
     async def reset(self, session: AsyncSession, user_id: int, chat_id: int) -> None:
+        """Start a new conversation; the old one keeps its history and its kept state, for
+        /chats to switch back to."""
         await ConversationRepository(session).reset(user_id, chat_id)
         await session.commit()
-        self._invalidate(conversation_key(user_id, chat_id))
+
+    def busy(self, user_id: int, chat_id: int) -> bool:
+        """A reply of the user in that chat is written or waits its turn."""
+        return conversation_key(user_id, chat_id) in self._replies.keys_of_user(user_id)
+
+    def drop_state(self, key: str) -> None:
+        """Erase the model state kept under `key` (a deleted conversation)."""
+        self._on_model_thread(self.model.engine.forget(key))
 
     def stop(self, user_id: int, chat_id: int) -> bool:
         """Cancel the user's running and queued replies in that chat; False if there were none."""
@@ -151,6 +151,7 @@ class ChatService:
             keys.add(conversation_key(user_id, user_id))
             for key in keys:
                 self._replies.cancel(key, Cut.FORGOTTEN)
+            keys |= {state_key(user_id, c.chat_id, c.id) for c in conversations}
             await UserRepository(session).forget(user_id)
             await session.commit()
         if isinstance(session.bind, AsyncEngine):
@@ -169,7 +170,7 @@ class ChatService:
             return False
         await messages.update(record.id, text=text)
         await session.commit()
-        self._invalidate(conversation_key(user_id, chat_id))
+        self._invalidate(state_key(user_id, chat_id, conversation.id))
         return True
 
     # The turn itself.
@@ -265,7 +266,9 @@ class ChatService:
         sink: ReplySink,
     ) -> Outcome:
         generation = self.model.engine.submit(
-            window.tokens, max_new_tokens=window.max_new_tokens, key=active.key
+            window.tokens,
+            max_new_tokens=window.max_new_tokens,
+            key=f"{active.key}:{message.conversation_id}",  # turn.state_key
         )
         active.generation = generation
         if active.cut is not None:
@@ -295,18 +298,18 @@ class ChatService:
         except Exception:
             logger.exception("generation failed")
             await writer.save_reply(message, reply_id, active.streamed, "failed")
-            return Outcome(active.streamed, "failed", reply_id, failed=True)
+            return Outcome(answer_of(active.streamed), "failed", reply_id, failed=True)
         if active.forgotten:
             # The user deleted everything, this reply's rows included: store and show nothing.
             return Outcome(forgotten=True)
         status: Status = "partial" if result.finish_reason == "cancelled" else "complete"
         await writer.save_reply(message, reply_id, result.text, status, result.n_tokens)
         self._note_speed(status, result)
-        if active.cut is Cut.SHUTDOWN and not result.text.strip():
+        if active.cut is Cut.SHUTDOWN and not answer_of(result.text).strip():
             await writer.mark_waiting(message.id)  # nothing written yet: the restart answers
             return Outcome(waiting=self._replies.first_to_wait(active.key))
         return Outcome(
-            result.text,
+            answer_of(result.text),  # as stored: the reasoning is not part of the reply
             status,
             reply_id,
             stopped=status == "partial" and active.cut is Cut.STOPPED,

@@ -1,7 +1,8 @@
 """`domovoy chat`: talk to the same model, window, templates and storage in the terminal.
 
-The owner is a local user (id 0) with the same commands as in Telegram: /reset, /system,
-/stop, plus /quit. Ctrl-C stops a reply without quitting; at the prompt it quits, as does
+The owner is a local user (id 0) with the same commands as in Telegram: /reset, /new, /chats
+(numbered: `/chats 2` continues the second, `/chats del 2` deletes it), /system, /stop, plus
+/quit. Ctrl-C stops a reply without quitting; at the prompt it quits, as does
 Ctrl-D. Lines typed while a reply is written wait for it, except /stop and /quit.
 """
 
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.core import conversations
 from bot.core.chat import ChatService
 from bot.core.system_prompt import system_command
 from bot.core.turn import Turn
@@ -189,9 +191,11 @@ class Console:
 
     async def _command_or_reply(self, text: str) -> None:
         async with self._sessions() as session:
-            if text == "/reset":
+            if text in ("/reset", "/new"):
                 await self._service.reset(session, LOCAL_USER, LOCAL_USER)
-                self._say(self._texts.reset_done)
+                self._say(self._texts.reset_done if text == "/reset" else self._texts.new_done)
+            elif text == "/chats" or text.startswith("/chats "):
+                await self._chats(session, text.removeprefix("/chats").split())
             elif text == "/system" or text.startswith("/system "):
                 await self._system(session, text.removeprefix("/system").strip())
             elif re.fullmatch(r"/[A-Za-z_]+", text.split()[0]):
@@ -204,6 +208,27 @@ class Console:
                 outcome = await self._service.reply(session, Turn(user, LOCAL_USER, text), reply)
                 if not outcome.shows_nothing:
                     await reply.finish(outcome.text, self._texts.notes_for(outcome))
+
+    async def _chats(self, session: AsyncSession, words: list[str]) -> None:
+        """List the conversations, or continue (`N`) or delete (`del N`) the N-th listed."""
+        found = await conversations.recent(session, LOCAL_USER, LOCAL_USER)
+        texts = self._texts
+        number = words[-1] if words else ""
+        if not words or not number.isdigit() or not 1 <= int(number) <= len(found):
+            lines = [
+                f"{n}. {'• ' if s.current else ''}{conversations.first_words(s.first_message)}"
+                f" · {s.last_at:%d.%m}"
+                for n, s in enumerate(found, 1)
+            ]
+            self._say("\n".join([texts.chats_title, *lines]) if found else texts.chats_empty)
+            return
+        chosen = found[int(number) - 1]
+        if words[0] == "del":
+            await conversations.delete(self._service, session, LOCAL_USER, LOCAL_USER, chosen.id)
+            self._say(texts.chats_deleted)
+        elif await conversations.switch(session, LOCAL_USER, LOCAL_USER, chosen.id):
+            title = conversations.first_words(chosen.first_message)
+            self._say(texts.chats_switched.format(title=title))
 
     async def _system(self, session: AsyncSession, argument: str) -> None:
         answer = await system_command(self._service, session, LOCAL_USER, argument)

@@ -10,6 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.core.chat import ChatService
 
 RESET_WORDS = {"reset", "default", "сброс", "сбросить"}
+# A custom system prompt must leave at least this many tokens for the user's message.
+MIN_MESSAGE_ROOM = 32
 
 SystemAnswerKind = Literal["current", "default", "reset", "too_long", "set"]
 
@@ -35,9 +37,9 @@ async def system_command(
     if argument.lower() in RESET_WORDS:
         await service.set_system_prompt(session, user_id, None)
         return SystemAnswer("reset")
-    too_long = service.check_system_prompt(argument)
-    if too_long is not None:
-        tokens, budget = too_long
-        return SystemAnswer("too_long", tokens=tokens, budget=budget)
+    window = service.model.window
+    tokens = window.system_overhead(argument)
+    if tokens + MIN_MESSAGE_ROOM > window.budget:
+        return SystemAnswer("too_long", tokens=tokens, budget=window.budget - MIN_MESSAGE_ROOM)
     await service.set_system_prompt(session, user_id, argument)
     return SystemAnswer("set")

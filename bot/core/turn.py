@@ -27,7 +27,13 @@ class ReplySink(Protocol):
 
 
 def conversation_key(user_id: int, chat_id: int) -> str:
+    """A user's line in a chat: replies there run one at a time, /stop cancels them."""
     return f"{user_id}:{chat_id}"
+
+
+def state_key(user_id: int, chat_id: int, conversation_id: int) -> str:
+    """The model state kept for one stored conversation: switching back to it finds it again."""
+    return f"{conversation_key(user_id, chat_id)}:{conversation_id}"
 
 
 @dataclass(frozen=True)
@@ -72,12 +78,15 @@ class Outcome:
 
 
 def to_turns(history: Sequence[MessageRecord], upto: int) -> list[ChatMessage]:
-    """What the model sees: user messages, and bot replies the user saw (failed ones are not)."""
+    """What the model sees: user messages, and bot replies the user saw (failed ones are not,
+    nor replies the user replaced with a regenerated one)."""
     turns: list[ChatMessage] = []
     for record in history:
         if record.id > upto:
             break
-        if record.role == "bot" and (record.status == "failed" or not record.text.strip()):
+        if record.role == "bot" and (
+            record.status in ("failed", "replaced") or not record.text.strip()
+        ):
             continue
         turns.append(ChatMessage(record.role, record.text))
     return turns

@@ -12,6 +12,7 @@ import asyncio
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.core.in_flight import ActiveReply
+from bot.core.reasoning import answer_of
 from bot.core.turn import Turn
 from storage.records import MessageRecord, Status
 from storage.repositories import ConversationRepository, MessageRepository
@@ -85,9 +86,10 @@ class TurnWriter:
             if self._active.forgotten:
                 return
             messages = MessageRepository(self._session)
+            # A reasoning model's thinking is not stored: later prompts never see it.
             await messages.update(
                 reply_id,
-                text=text,
+                text=answer_of(text),
                 status=status,
                 n_tokens=n_tokens,
                 telegram_message_ids=shown_in or None,

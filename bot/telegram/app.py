@@ -58,7 +58,7 @@ def build_app(settings: Settings, services: Services, bot: Bot | None = None) ->
         settings=settings,
         chat_service=services.chat,
         access=access,
-        drafts=DraftSupport(settings.telegram.use_drafts),
+        drafts=DraftSupport(settings.telegram.use_drafts, settings.telegram.use_rich_messages),
         typing=TypingIndicators(bot),
     )
     # The ordering middleware must come first: it takes each update's place in line.

@@ -20,27 +20,48 @@ from aiogram.exceptions import (
     TelegramServerError,
 )
 from aiogram.methods import EditMessageText, SendMessage, SendMessageDraft, TelegramMethod
-from aiogram.types import LinkPreviewOptions, ReplyParameters
+from aiogram.types import InlineKeyboardMarkup, LinkPreviewOptions, ReplyParameters
 
-from bot.telegram.formatting import to_html
+from bot.telegram.formatting import MESSAGE_LIMIT, to_html
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 FINAL_ATTEMPTS = 6
 FINAL_PATIENCE = 150.0  # seconds a finished reply waits for Telegram to come back
+NOTE_ROOM = 300  # room kept in the last message for the notes under a reply
 
 
 class DraftSupport:
-    """Shared across replies: once the Bot API refuses drafts, stop asking. Hands out the
-    draft ids, which only need to differ between the replies of one chat."""
+    """Shared across replies: once the Bot API refuses drafts (or rich messages), stop asking.
+    Hands out the draft ids, which only need to differ between the replies of one chat, and
+    knows which rich draft of a chat shows a Stop button and which ones the user stopped."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, rich: bool = False) -> None:
         self.enabled = enabled
+        self.rich = rich
         self._ids = itertools.count(1)
+        self.running: dict[int, int] = {}  # chat id -> draft id showing the Stop button
+        self._stopped: set[tuple[int, int]] = set()
 
     def next_id(self) -> int:
         return next(self._ids)
+
+    def stop(self, chat_id: int, draft_id: int) -> bool:
+        """The Stop button of a draft was pressed; True if it is the chat's running reply."""
+        if self.running.get(chat_id) != draft_id:
+            return False
+        del self.running[chat_id]
+        self._stopped.add((chat_id, draft_id))
+        return True
+
+    def stopped(self, chat_id: int, draft_id: int) -> bool:
+        return (chat_id, draft_id) in self._stopped
+
+    def finished(self, chat_id: int, draft_id: int) -> None:
+        if self.running.get(chat_id) == draft_id:
+            del self.running[chat_id]
+        self._stopped.discard((chat_id, draft_id))
 
 
 @dataclass(frozen=True)
@@ -55,6 +76,9 @@ class ChatTarget:
 class Payload:
     text: str
     parse_mode: str | None = None
+    source: str | None = None  # the Markdown the text was made from, for rich messages
+    markup: InlineKeyboardMarkup | None = None  # buttons under a finished message
+    reasoning: str = ""  # a reasoning model's thinking, for the thinking block of a rich draft
 
 
 @dataclass
@@ -62,7 +86,7 @@ class _Slot:
     """One Telegram message of the reply (in edit mode) and what it shows now."""
 
     message_id: int | None = None
-    shown: tuple[str, str | None] | None = None  # (text, parse_mode)
+    shown: tuple[str, str | None, InlineKeyboardMarkup | None] | None = None
 
 
 @dataclass
@@ -107,6 +131,11 @@ class Transport:
         self.blocked = False  # the user blocked the bot: nothing more can be delivered
 
     @property
+    def limit(self) -> int:
+        """The most characters one message of this reply may carry."""
+        return MESSAGE_LIMIT
+
+    @property
     def last_slot(self) -> int:
         return len(self._pace.slots) - 1
 
@@ -115,6 +144,10 @@ class Transport:
 
     def next_allowed(self) -> float:
         return max(self._pace.not_before, self._pace.last_send + self._pace.interval)
+
+    def release(self) -> None:
+        """The reply is over: forget what it left in the shared draft support."""
+        self._drafts.finished(self.target.chat_id, self._draft.draft_id)
 
     def hold_back(self) -> None:
         """After a failed update, wait a little longer before the next one: a persistent
@@ -173,7 +206,7 @@ class Transport:
     async def _put(self, payload: Payload, index: int) -> None:
         """Send slot `index` as a new message, or edit it when it exists and changed."""
         slot, target = self._pace.slots[index], self.target
-        wanted = (payload.text, payload.parse_mode)
+        wanted = (payload.text, payload.parse_mode, payload.markup)
         if slot.shown == wanted:
             return
         if slot.message_id is None:
@@ -190,6 +223,7 @@ class Transport:
                     message_thread_id=target.thread_id,
                     reply_parameters=reply,
                     link_preview_options=LinkPreviewOptions(is_disabled=True),
+                    reply_markup=payload.markup,
                 )
             )
             slot.message_id = message.message_id
@@ -203,6 +237,7 @@ class Transport:
                         text=payload.text,
                         parse_mode=payload.parse_mode,
                         link_preview_options=LinkPreviewOptions(is_disabled=True),
+                        reply_markup=payload.markup,
                     )
                 )
             except TelegramBadRequest as exc:
@@ -216,16 +251,23 @@ class Transport:
                     raise
         slot.shown = wanted
 
-    async def deliver(self, piece: str, note_html: str, index: int) -> None:
+    async def deliver(
+        self,
+        piece: str,
+        note_html: str,
+        index: int,
+        markup: InlineKeyboardMarkup | None = None,
+    ) -> None:
         """Put one finished message in place, whatever it takes within reason."""
         if self.blocked:
             return
         while len(self._pace.slots) <= index:
             self.open_slot()
         html = to_html(piece) if piece else ""
-        html_payload = Payload("\n\n".join(p for p in (html, note_html) if p), ParseMode.HTML)
+        html_text = "\n\n".join(p for p in (html, note_html) if p)
+        html_payload = Payload(html_text, ParseMode.HTML, markup=markup)
         plain_notes = note_html.replace("<i>", "").replace("</i>", "")
-        plain_payload = Payload("\n\n".join(p for p in (piece, plain_notes) if p))
+        plain_payload = Payload("\n\n".join(p for p in (piece, plain_notes) if p), markup=markup)
         if self._draft.active:
             # Drafts are previews only: every finished piece goes as a real message.
             self._pace.slots[index] = _Slot()

@@ -30,15 +30,22 @@ from aiogram.exceptions import (
     TelegramRetryAfter,
     TelegramServerError,
 )
-from aiogram.types import Message
+from aiogram.types import InlineKeyboardMarkup, Message
 
-from bot.telegram.delivery import ChatTarget, DraftSupport, Payload, Transport, bad_entities
-from bot.telegram.formatting import MESSAGE_LIMIT, next_piece, split_message, to_html, utf16_len
+from bot.core.reasoning import split_reasoning
+from bot.telegram.delivery import (
+    NOTE_ROOM,
+    ChatTarget,
+    DraftSupport,
+    Payload,
+    Transport,
+    bad_entities,
+)
+from bot.telegram.formatting import next_piece, split_message, to_html, utf16_len
+from bot.telegram.rich_delivery import RichTransport
 from bot.telegram.texts import Texts
 
 logger = logging.getLogger(__name__)
-
-NOTE_ROOM = 300  # room kept in the last message for the notes under a reply
 
 
 class Deferred(Exception):
@@ -51,6 +58,7 @@ class _View:
 
     text: str = ""
     is_status: bool = False
+    reasoning: str = ""  # a reasoning model's thinking, shown only in rich drafts
     started: asyncio.Event = field(default_factory=asyncio.Event)  # the first words came
 
 
@@ -72,7 +80,9 @@ class TelegramReply:
         interval: float,
         texts: Texts,
     ) -> None:
-        self._transport = Transport(bot, target, drafts, interval)
+        rich = target.private and drafts.enabled and drafts.rich
+        kind = RichTransport if rich else Transport
+        self._transport = kind(bot, target, drafts, interval)
         self._texts = texts
         self._view = _View()
         self._pages = _Pages()
@@ -110,16 +120,23 @@ class TelegramReply:
         await self._show_status(self._texts.queue_your_turn)
 
     async def update(self, text: str) -> None:
-        if not text.strip():
+        reasoning, answer = split_reasoning(text)
+        transport = self._transport
+        if not (isinstance(transport, RichTransport) and transport.rich):
+            reasoning = ""  # only a rich draft has a thinking block; elsewhere it is dropped
+        if not answer.strip() and not reasoning:
             return
-        self._view.text, self._view.is_status = text, False
+        self._view.text, self._view.is_status, self._view.reasoning = answer, False, reasoning
         self._view.started.set()
         self._dirty.set()
 
     # What the handler does with the outcome.
 
-    async def finish(self, text: str, notes: list[str]) -> list[int]:
-        """Deliver the whole text; returns the ids of every message that carries it."""
+    async def finish(
+        self, text: str, notes: list[str], markup: InlineKeyboardMarkup | None = None
+    ) -> list[int]:
+        """Deliver the whole text, `markup` under its last message; returns the ids of every
+        message that carries it."""
         self._view.started.set()
         self._finishing.set()
         self._dirty.set()
@@ -131,7 +148,7 @@ class TelegramReply:
         rest = text[self._pages.frozen :]
         body = (self._pages.carry + rest).strip() if rest.strip() else ""
         note_html = "\n\n".join(f"<i>{escape(note)}</i>" for note in notes)
-        pieces = split_message(body, MESSAGE_LIMIT - NOTE_ROOM) if body else []
+        pieces = split_message(body, transport.limit - NOTE_ROOM) if body else []
         if not pieces and not note_html:
             note_html = "…"
         if not pieces:
@@ -139,7 +156,9 @@ class TelegramReply:
         base = transport.last_slot
         for index, piece in enumerate(pieces):
             last = index == len(pieces) - 1
-            await transport.deliver(piece, note_html if last else "", base + index)
+            await transport.deliver(
+                piece, note_html if last else "", base + index, markup if last else None
+            )
         return transport.message_ids
 
     async def close(self) -> None:
@@ -148,6 +167,7 @@ class TelegramReply:
         self._flusher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._flusher
+        self._transport.release()
 
     # Background work.
 
@@ -188,19 +208,22 @@ class TelegramReply:
     async def _flush(self, text: str, is_status: bool) -> None:
         transport, pages = self._transport, self._pages
         if is_status:
-            await self._show(Payload(escape(text), ParseMode.HTML))
+            await self._show(Payload(escape(text), ParseMode.HTML, source=text))
             return
         body = pages.carry + text[pages.frozen :]
         # Text past the limit closes the current message for good and opens the next one.
-        while utf16_len(body.strip()) > MESSAGE_LIMIT - NOTE_ROOM:
-            piece, used, carry = next_piece(body, MESSAGE_LIMIT - NOTE_ROOM)
+        limit = transport.limit - NOTE_ROOM
+        while utf16_len(body.strip()) > limit:
+            piece, used, carry = next_piece(body, limit)
             await transport.deliver(piece, "", transport.last_slot)
             transport.open_slot()
             pages.frozen += used - len(pages.carry)
             pages.carry = carry
             body = pages.carry + text[pages.frozen :]
-        if body.strip():
-            await self._show(Payload(to_html(body.strip()), ParseMode.HTML))
+        reasoning = self._view.reasoning
+        if body.strip() or reasoning:
+            html = to_html(body.strip())
+            await self._show(Payload(html, ParseMode.HTML, body.strip(), reasoning=reasoning))
 
     async def _show(self, payload: Payload) -> None:
         """An intermediate view: a draft, or a sent then edited message."""

@@ -11,6 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bot.core.turn_writer import record_delivery
 from bot.telegram.delivery import ChatTarget
+from bot.telegram.handlers.regenerate import regenerate_button
 from bot.telegram.reply import TelegramReply
 from bot.telegram.texts import texts_for
 from models.errors import ModelError
@@ -64,7 +65,7 @@ async def _answer_one(app: BotApp, message: MessageRecord, user: UserRecord, cha
         app.bot,
         ChatTarget(chat_id, private=private, reply_to=replied),
         drafts=dispatcher["drafts"],
-        interval=dispatcher["settings"].telegram.stream_edit_interval,
+        interval=dispatcher["settings"].telegram.edit_interval(private),
         texts=texts,
     )
     with services.chat.delivering():
@@ -72,5 +73,6 @@ async def _answer_one(app: BotApp, message: MessageRecord, user: UserRecord, cha
             outcome = await services.chat.answer_waiting(session, message, user, chat_id, reply)
             if outcome.shows_nothing:
                 return
-            ids = await reply.finish(outcome.text, texts.notes_for(outcome))
+            markup = regenerate_button(texts, user.id, outcome.bot_message_id)
+            ids = await reply.finish(outcome.text, texts.notes_for(outcome), markup)
             await record_delivery(session, outcome.bot_message_id, ids)

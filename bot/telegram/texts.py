@@ -28,6 +28,17 @@ class Texts:
     forget_done: str
     forget_cancelled: str
     forget_not_yours: str
+    new_done: str
+    chats_title: str
+    chats_empty: str
+    chats_switched: str  # {title}
+    chats_deleted: str
+    chats_gone: str
+    chats_not_yours: str
+    chats_busy: str
+    regenerate_button: str
+    regenerate_only_last: str
+    regenerate_not_yours: str
     access_closed: str  # {user_id}
     access_closed_here: str  # in a group: the id is not for everyone's eyes
     access_closed_sent: str  # in a group, when the id went to them privately
@@ -87,7 +98,8 @@ RU = Texts(
     ),
     help=(
         "Я помню наш текущий разговор и отвечаю с его учётом.\n\n"
-        "/reset — начать новый разговор (старый сохранится, но я его забуду)\n"
+        "/reset или /new — начать новый разговор (старый сохранится)\n"
+        "/chats — ваши разговоры: продолжить или удалить\n"
         "/system — показать системную подсказку; /system текст — задать свою; "
         "/system reset — вернуть стандартную\n"
         "/stop — остановить текущий ответ (написанное сохранится)\n"
@@ -95,6 +107,17 @@ RU = Texts(
         "Модель работает на процессоре, поэтому длинные ответы пишутся не спеша."
     ),
     reset_done="Начинаем новый разговор. Предыдущие сообщения я больше не учитываю.",
+    new_done="Новый разговор. Прежний сохранён: /chats покажет его, к нему можно вернуться.",
+    chats_title="Ваши разговоры (последние сверху). Нажмите, чтобы продолжить; 🗑 — удалить.",
+    chats_empty="Пока нет сохранённых разговоров.",
+    chats_switched="Продолжаем разговор «{title}».",
+    chats_deleted="Разговор удалён.",
+    chats_gone="Этого разговора больше нет.",
+    chats_not_yours="Это список другого человека; отправьте свой /chats.",
+    chats_busy="Я ещё пишу ответ в этом чате; удалить разговор можно, когда закончу.",
+    regenerate_button="🔄 Другой ответ",
+    regenerate_only_last="Заново можно написать только последний ответ разговора.",
+    regenerate_not_yours="Другой ответ может попросить только тот, кто задал вопрос.",
     system_current="Ваша системная подсказка:\n\n{prompt}",
     system_default="Сейчас действует стандартная системная подсказка:\n\n{prompt}",
     system_set="Системная подсказка сохранена; она действует со следующего сообщения.",
@@ -177,7 +200,8 @@ EN = Texts(
     ),
     help=(
         "I remember our current conversation and answer with it in mind.\n\n"
-        "/reset — start a new conversation (the old one is kept but I forget it)\n"
+        "/reset or /new — start a new conversation (the old one is kept)\n"
+        "/chats — your conversations: continue or delete one\n"
         "/system — show the system prompt; /system text — set your own; "
         "/system reset — back to the default\n"
         "/stop — stop the current reply (what was written is kept)\n"
@@ -185,6 +209,17 @@ EN = Texts(
         "The model runs on a CPU, so long replies take their time."
     ),
     reset_done="Starting a new conversation. I no longer take the previous messages into account.",
+    new_done="New conversation. The previous one is kept: /chats lists it to go back to.",
+    chats_title="Your conversations, latest first. Tap one to continue it; 🗑 deletes it.",
+    chats_empty="No saved conversations yet.",
+    chats_switched="Continuing the conversation “{title}”.",
+    chats_deleted="Conversation deleted.",
+    chats_gone="That conversation no longer exists.",
+    chats_not_yours="This is someone else's list; send your own /chats.",
+    chats_busy="I am still writing a reply in this chat; delete it once I am done.",
+    regenerate_button="🔄 Another answer",
+    regenerate_only_last="Only the last reply of a conversation can be written again.",
+    regenerate_not_yours="Only the person who asked can ask for another answer.",
     system_current="Your system prompt:\n\n{prompt}",
     system_default="The default system prompt is in use:\n\n{prompt}",
     system_set="System prompt saved; it applies from your next message.",

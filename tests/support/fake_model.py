@@ -82,6 +82,7 @@ class FakeEngine:
 
     held: bool = False
     stall_after: int | None = None  # words after which a generation waits until cancelled
+    thinking: str | None = None  # like a reasoning model: "<think>{thinking}</think>" first
     submitted: list[FakeGeneration] = field(default_factory=list)
     forgotten: list[str] = field(default_factory=list)
     _queue: list[FakeGeneration] = field(default_factory=list)
@@ -94,7 +95,10 @@ class FakeEngine:
         self, prompt: list[int], *, max_new_tokens: int, key: str | None = None, **_: Any
     ) -> FakeGeneration:
         text = "".join(chr(token) for token in prompt)
-        generation = FakeGeneration(self, f"echo: {text.rsplit('|', 1)[-1]}", key)
+        reply = f"echo: {text.rsplit('|', 1)[-1]}"
+        if self.thinking is not None:
+            reply = f"<think>{self.thinking}</think> {reply}"
+        generation = FakeGeneration(self, reply, key)
         self.submitted.append(generation)
         self._queue.append(generation)
         self.advance()

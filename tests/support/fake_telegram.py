@@ -17,9 +17,11 @@ Point the bot at it with ``TELEGRAM_API_URL=server.base_url`` and the token ``se
 
 Methods: getMe, getUpdates (long polling: offset confirms, limit, timeout, allowed_updates;
 a second poller ends the first with 409), deleteWebhook, getWebhookInfo, sendMessage,
-sendMessageDraft, editMessageText, editMessageReplyMarkup, deleteMessage, sendChatAction,
-answerCallbackQuery, setMyCommands / getMyCommands / deleteMyCommands. Any other method,
-like on Telegram, is 404 ``Not Found``; so is a method switched off with ``disable_method``.
+sendMessageDraft, sendRichMessage, sendRichMessageDraft (fake_telegram_rich.py: rich
+messages, the Stop button, press_stop), editMessageText, editMessageReplyMarkup,
+deleteMessage, sendChatAction, answerCallbackQuery, setMyCommands / getMyCommands /
+deleteMyCommands. Any other method, like on Telegram, is 404 ``Not Found``; so is a method
+switched off with ``disable_method``.
 Text is 1..4096 code points after entity parsing, whitespace-trimmed; parse_mode=HTML is parsed
 with Telegram's tag set and error texts (Markdown modes are accepted as plain text).
 
@@ -114,6 +116,7 @@ from typing import Any, TypeVar
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.types import Update
 from aiohttp import web
+from fake_telegram_rich import RichMethods
 
 JSON = dict[str, Any]
 T = TypeVar("T")
@@ -142,7 +145,7 @@ BOOL_FIELDS = frozenset((
 ))
 JSON_FIELDS = frozenset((
     "reply_markup", "entities", "allowed_updates", "commands", "scope", "reply_parameters",
-    "link_preview_options", "caption_entities",
+    "link_preview_options", "caption_entities", "rich_message",
 ))
 HTML_TAGS = {
     "b": "bold", "strong": "bold", "i": "italic", "em": "italic", "u": "underline",
@@ -203,6 +206,7 @@ class BotMessage:
     sent_at: float
     history: list[str] = field(default_factory=list)
     deleted: bool = False
+    rich: bool = False  # sent with sendRichMessage: text is the rich message's source
 
 
 @dataclass(frozen=True)
@@ -360,7 +364,7 @@ def detect_entities(text: str) -> list[JSON]:
     )
 
 
-class FakeTelegram:
+class FakeTelegram(RichMethods):
     """The fake Bot API server and its test controls (see the module docstring)."""
 
     def __init__(
@@ -411,6 +415,7 @@ class FakeTelegram:
         self.flood_refusals: list[tuple[int, str, float]] = []  # (chat_id, method, when)
         self._flood_times: dict[int, deque[float]] = defaultdict(deque)
         self._flood_until: dict[int, float] = {}
+        self._init_rich()
         # Telegram's method names are case-insensitive; each one is a `_m_<name>` method below.
         self._handlers: dict[str, Callable[[JSON], Any]] = {
             name[3:].lower(): getattr(self, name) for name in dir(self) if name.startswith("_m_")
@@ -686,7 +691,13 @@ class FakeTelegram:
         per_second: int | None,
         *,
         retry_after: int = 1,
-        methods: Iterable[str] = ("sendMessage", "editMessageText", "sendMessageDraft"),
+        methods: Iterable[str] = (
+            "sendMessage",
+            "editMessageText",
+            "sendMessageDraft",
+            "sendRichMessage",
+            "sendRichMessageDraft",
+        ),
         group_per_minute: int | None = None,
         minute: float = 60.0,
     ) -> None:

@@ -4,10 +4,36 @@ from __future__ import annotations
 
 from aiogram import Router
 
-from bot.telegram.handlers import chat, forget, groups, media, reset, start, status, stop, system
+from bot.telegram.handlers import (
+    chat,
+    conversations,
+    forget,
+    groups,
+    media,
+    regenerate,
+    reset,
+    start,
+    status,
+    stop,
+    stop_button,
+    system,
+)
 
 
 def build_routers() -> list[Router]:
     # Commands first, then non-text media, then free text (the catch-all).
-    modules = (start, reset, system, stop, forget, status, groups, media, chat)
+    modules = (
+        start,
+        reset,
+        conversations,
+        system,
+        stop,
+        stop_button,
+        forget,
+        regenerate,
+        status,
+        groups,
+        media,
+        chat,
+    )
     return [module.build_router() for module in modules]

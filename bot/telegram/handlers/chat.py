@@ -21,6 +21,7 @@ from bot.core.turn_writer import record_delivery
 from bot.settings import Settings
 from bot.telegram.delivery import DraftSupport
 from bot.telegram.filters import Addressed, text_for_bot
+from bot.telegram.handlers.regenerate import regenerate_button
 from bot.telegram.reply import TelegramReply, target_of
 from bot.telegram.texts import Texts
 from bot.telegram.typing_indicator import TypingIndicators
@@ -54,7 +55,11 @@ async def on_text(
     target = target_of(message, private=message.chat.type == ChatType.PRIVATE)
     turn = Turn(user, message.chat.id, text, message.message_id)
     reply = TelegramReply(
-        bot, target, drafts=drafts, interval=settings.telegram.stream_edit_interval, texts=texts
+        bot,
+        target,
+        drafts=drafts,
+        interval=settings.telegram.edit_interval(target.private),
+        texts=texts,
     )
     async with reply, typing.until(target, reply.started):
         await _answer(message, session, turn, reply, ticket, chat_service, texts)
@@ -80,7 +85,8 @@ async def _answer(
             await message.answer(texts.answer_after_restart)
         if outcome.shows_nothing:
             return
-        ids = await reply.finish(outcome.text, texts.notes_for(outcome))
+        markup = regenerate_button(texts, turn.user.id, outcome.bot_message_id)
+        ids = await reply.finish(outcome.text, texts.notes_for(outcome), markup)
     except TelegramAPIError as exc:
         # The reply is stored already; Telegram would not take it even after retries.
         logger.exception("reply not delivered to chat %d: %s", message.chat.id, exc)

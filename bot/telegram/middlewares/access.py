@@ -34,6 +34,9 @@ class AccessMiddleware(BaseMiddleware):
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         user: User | None = data.get("event_from_user")
+        if user is None and isinstance(event, Update) and event.stopped_message_generation:
+            # No user in it: the Stop button of a draft only a served user was shown.
+            return await handler(event, data)
         if user is None or user.is_bot:
             return None  # channel posts and other bots: nothing to serve
         texts = texts_for(user.language_code)

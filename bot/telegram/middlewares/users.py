@@ -13,7 +13,9 @@ from bot.telegram.middlewares import Handler
 
 class UserMiddleware(BaseMiddleware):
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
-        user: User = data["event_from_user"]
+        user: User | None = data.get("event_from_user")
+        if user is None:  # the Stop button's update names no user
+            return await handler(event, data)
         service: ChatService = data["chat_service"]
         data["user"] = await service.touch_user(
             data["session"],

@@ -1,0 +1,103 @@
+"""🔄 under a finished reply: another answer to the same question, streamed as a new reply.
+
+Only the last reply of the open conversation can be replaced; the button carries the id of the
+user who asked, so in a group nobody else can press it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from aiogram import Bot, Router
+from aiogram.enums import ChatType
+from aiogram.exceptions import TelegramAPIError
+from aiogram.filters.callback_data import CallbackData
+from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.core.chat import ChatService
+from bot.core.ordering import Place
+from bot.core.regenerate import replace_reply
+from bot.core.turn_writer import record_delivery
+from bot.settings import Settings
+from bot.telegram.delivery import ChatTarget, DraftSupport
+from bot.telegram.reply import TelegramReply
+from bot.telegram.texts import Texts
+from bot.telegram.typing_indicator import TypingIndicators
+from models.errors import ModelError
+from storage.records import UserRecord
+
+logger = logging.getLogger(__name__)
+
+
+class RegenerateChoice(CallbackData, prefix="regen"):
+    user_id: int
+    reply_id: int  # the stored reply
+
+
+def regenerate_button(texts: Texts, user_id: int, reply_id: int | None) -> InlineKeyboardMarkup:
+    data = RegenerateChoice(user_id=user_id, reply_id=reply_id or 0).pack()
+    button = InlineKeyboardButton(text=texts.regenerate_button, callback_data=data)
+    return InlineKeyboardMarkup(inline_keyboard=[[button]])
+
+
+async def on_regenerate(
+    query: CallbackQuery,
+    callback_data: RegenerateChoice,
+    bot: Bot,
+    session: AsyncSession,
+    user: UserRecord,
+    texts: Texts,
+    ticket: Place,
+    chat_service: ChatService,
+    drafts: DraftSupport,
+    typing: TypingIndicators,
+    settings: Settings,
+) -> None:
+    message = query.message
+    if callback_data.user_id != user.id or not isinstance(message, Message):
+        await query.answer(texts.regenerate_not_yours, show_alert=True)
+        return
+    await ticket.wait()  # messages sent before the press come first
+    question = await replace_reply(session, user.id, message.chat.id, callback_data.reply_id)
+    ticket.release()
+    if question is None:
+        await query.answer(texts.regenerate_only_last, show_alert=True)
+        return
+    await query.answer()
+    with contextlib.suppress(TelegramAPIError):  # the old reply keeps its text, not its button
+        await message.edit_reply_markup(reply_markup=None)
+    private = message.chat.type == ChatType.PRIVATE
+    target = ChatTarget(
+        message.chat.id,
+        private=private,
+        reply_to=None if private else message.message_id,
+        thread_id=message.message_thread_id if message.is_topic_message else None,
+    )
+    interval = settings.telegram.edit_interval(private)
+    reply = TelegramReply(bot, target, drafts=drafts, interval=interval, texts=texts)
+    async with reply, typing.until(target, reply.started):
+        try:
+            outcome = await chat_service.answer_waiting(
+                session, question, user, message.chat.id, reply
+            )
+        except ModelError as exc:
+            logger.error("no reply: %s", exc)
+            await message.answer(texts.reply_failed)
+            return
+        if outcome.shows_nothing:
+            return
+        markup = regenerate_button(texts, user.id, outcome.bot_message_id)
+        try:
+            ids = await reply.finish(outcome.text, texts.notes_for(outcome), markup)
+        except TelegramAPIError as exc:
+            logger.exception("reply not delivered to chat %d: %s", message.chat.id, exc)
+            ids = reply.message_ids
+        await record_delivery(session, outcome.bot_message_id, ids)
+
+
+def build_router() -> Router:
+    router = Router(name="regenerate")
+    router.callback_query.register(on_regenerate, RegenerateChoice.filter())
+    return router
