@@ -42,7 +42,8 @@ async def test_start_greets_in_russian_and_registers_commands(
         assert texts == [RU.start]
         ru = [c["command"] for c in bot.tg.my_commands()]
         en = bot.tg.my_commands(language_code="en")
-        assert ru == ["start", "help", "reset", "system", "stop", "forget"]
+        # /new and /chats joined the menu with several conversations per person (issue 13).
+        assert ru == ["start", "help", "new", "chats", "reset", "system", "stop", "forget"]
         assert [c["description"] for c in en] == [d for _, d in EN.commands]
         admin_menu = bot.tg.my_commands(scope={"type": "chat", "chat_id": ADMIN})
         assert admin_menu[-1] == {"command": "status", "description": RU.status_command}

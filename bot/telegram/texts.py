@@ -178,6 +178,8 @@ RU = Texts(
     commands=(
         ("start", "Приветствие и краткая справка"),
         ("help", "Как пользоваться ботом"),
+        ("new", "Новый разговор, старый сохранится"),
+        ("chats", "Мои разговоры: продолжить или удалить"),
         ("reset", "Начать новый разговор"),
         ("system", "Показать или задать системную подсказку"),
         ("stop", "Остановить текущий ответ"),
@@ -282,6 +284,8 @@ EN = Texts(
     commands=(
         ("start", "Greeting and a short how-to"),
         ("help", "How to use the bot"),
+        ("new", "New conversation; the old one is kept"),
+        ("chats", "My conversations: continue or delete"),
         ("reset", "Start a new conversation"),
         ("system", "Show or set the system prompt"),
         ("stop", "Stop the current reply"),
