@@ -27,7 +27,6 @@ from bot.telegram.formatting import MESSAGE_LIMIT, to_html
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-FINAL_ATTEMPTS = 6
 FINAL_PATIENCE = 150.0  # seconds a finished reply waits for Telegram to come back
 NOTE_ROOM = 300  # room kept in the last message for the notes under a reply
 
@@ -283,27 +282,21 @@ class Transport:
             await self._put(plain, index)
 
     async def _retrying(self, action: Callable[[], Awaitable[None]]) -> None:
+        """Retry through an outage. 429s are the sender's (bot/telegram/sender.py): it has
+        waited them out already, so one that still comes through ends the attempt."""
         delay = 1.0
         # A home server's connection can drop for a minute: keep the finished reply until then.
         give_up = time.monotonic() + FINAL_PATIENCE
-        flood_refusals = 0
-        while flood_refusals < FINAL_ATTEMPTS:
-            # The final messages keep the pace too: flood limits count every call in a chat.
+        while True:
             wait = self.next_allowed() - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
             try:
                 await action()
                 return
-            except TelegramRetryAfter:
-                flood_refusals += 1  # `_call` noted how long to wait
             except (TelegramNetworkError, TelegramServerError) as exc:
                 if time.monotonic() + delay > give_up:
                     raise
                 logger.warning("Telegram unavailable (%s); retrying in %.0f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 15.0)
-        raise TelegramNetworkError(
-            method=SendMessage(chat_id=self.target.chat_id, text="?"),
-            message="gave up after repeated 429 responses",
-        )
