@@ -15,7 +15,8 @@ if [ "${1:-}" = stop ]; then
     /tmp/domovoy-pg.*) ;;
     *) echo "postgres.sh: $dir is not a server folder this script made" >&2; exit 1 ;;
   esac
-  as_pg "$(pg_bin)/pg_ctl" -D "$dir/data" -m fast -w stop >&2
+  # From a folder the postgres user may enter (the run's own folder may be private).
+  (cd / && as_pg "$(pg_bin)/pg_ctl" -D "$dir/data" -m fast -w stop >&2)
   status=$?
   rm -rf "$dir"
   exit $status

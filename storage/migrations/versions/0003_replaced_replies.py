@@ -22,8 +22,9 @@ NEW = "status IN ('complete', 'partial', 'failed', 'pending', 'replaced')"
 
 
 def _status_check(condition: str) -> None:
-    # SQLite cannot alter a CHECK constraint: batch mode copies the table with the new one.
-    with op.batch_alter_table("messages", recreate="always") as batch:
+    # SQLite cannot alter a CHECK constraint: batch mode copies the table there; PostgreSQL
+    # alters it in place.
+    with op.batch_alter_table("messages", recreate="auto") as batch:
         batch.drop_constraint(op.f("ck_messages_status"), type_="check")
         batch.create_check_constraint(op.f("ck_messages_status"), condition)
 
