@@ -21,8 +21,8 @@ from bot.core.ordering import Place
 from bot.core.regenerate import replace_reply
 from bot.core.turn_writer import record_delivery
 from bot.settings import Settings
-from bot.telegram.delivery import ChatTarget, DraftSupport
-from bot.telegram.reply import TelegramReply
+from bot.telegram.delivery import DraftSupport
+from bot.telegram.reply import TelegramReply, target_of
 from bot.telegram.texts import Texts
 from bot.telegram.typing_indicator import TypingIndicators
 from models.errors import ModelError
@@ -69,12 +69,7 @@ async def on_regenerate(
     with contextlib.suppress(TelegramAPIError):  # the old reply keeps its text, not its button
         await message.edit_reply_markup(reply_markup=None)
     private = message.chat.type == ChatType.PRIVATE
-    target = ChatTarget(
-        message.chat.id,
-        private=private,
-        reply_to=None if private else message.message_id,
-        thread_id=message.message_thread_id if message.is_topic_message else None,
-    )
+    target = target_of(message, private=private)
     interval = settings.telegram.edit_interval(private)
     reply = TelegramReply(bot, target, drafts=drafts, interval=interval, texts=texts)
     async with reply, typing.until(target, reply.started):
