@@ -160,6 +160,53 @@ class StateCacheSettings(BaseModel):
         )
 
 
+class EngineSettings(BaseModel):
+    """Where replies are generated: in this process, or on llama.cpp/vLLM servers."""
+
+    engine: Literal["local", "remote"] = "local"
+    # Comma-separated base URLs of OpenAI-compatible servers, e.g. http://gpu1:8080.
+    engine_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    engine_api_key: SecretStr | None = None
+    # llama-server's /completion, vLLM's /v1/completions; auto asks the server (GET /props).
+    engine_api: Literal["auto", "llama-server", "openai"] = "auto"
+    # The `model` field of /v1/completions requests (vLLM's served model name); empty: the
+    # server's first model.
+    engine_model: str | None = None
+    engine_connect_timeout: float = Field(default=5.0, gt=0.0)
+    # Longest silence inside a reply (first token included) before the stream counts as cut.
+    engine_read_timeout: float = Field(default=120.0, gt=0.0)
+    engine_health_interval: float = Field(default=5.0, gt=0.0)
+    # How long a reply waits for a healthy server (the user is told) before it fails.
+    engine_wait: float = Field(default=300.0, ge=0.0)
+
+    _none_when_empty = field_validator("engine_model", mode="before")(_empty_is_none)
+
+    @field_validator("engine_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+        return value
+
+
+class WebhookSettings(BaseModel):
+    """Set WEBHOOK_URL to take updates by webhook (several processes behind a load balancer)
+    instead of long polling."""
+
+    # The public HTTPS address Telegram posts to, e.g. https://bot.example.org/telegram.
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    # Where this process listens (behind the reverse proxy or load balancer).
+    webhook_host: str = "127.0.0.1"
+    webhook_port: int = Field(default=8081, ge=1, le=65535)
+    # The path this process serves; empty: the path of WEBHOOK_URL.
+    webhook_path: str | None = None
+
+    _none_when_empty = field_validator("webhook_url", "webhook_path", mode="before")(
+        _empty_is_none
+    )
+
+
 class StorageSettings(BaseModel):
     data_dir: Path = Field(default_factory=default_data_dir)
     database_url: str | None = None
@@ -185,6 +232,8 @@ GROUPS: dict[str, type[BaseModel]] = {
     "sampling": SamplingSettings,
     "cache": StateCacheSettings,
     "storage": StorageSettings,
+    "engine": EngineSettings,
+    "webhook": WebhookSettings,
 }
 
 
@@ -203,6 +252,8 @@ class Settings(BaseSettings):
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     cache: StateCacheSettings = Field(default_factory=StateCacheSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    webhook: WebhookSettings = Field(default_factory=WebhookSettings)
 
     # Hugging Face hub (huggingface_hub also reads HF_ENDPOINT itself).
     hf_token: SecretStr | None = None

@@ -32,7 +32,8 @@ from bot.core.turn import Outcome, ReplySink, Turn, conversation_key, state_key,
 from bot.core.turn_writer import TurnWriter
 from models.prompt.window import WindowResult
 from models.runtime.chat_model import ChatModel
-from models.runtime.engine import Generation, GenerationResult
+from models.engines import GenerationHandle
+from models.runtime.generation import GenerationResult
 from storage.database import checkpoint
 from storage.errors import StorageError
 from storage.records import MessageRecord, Status, StorageStats, UserRecord
@@ -326,7 +327,7 @@ class ChatService:
         self._told_forgotten.add(conversation_id)
         return True
 
-    async def _wait_for_start(self, generation: Generation, sink: ReplySink) -> None:
+    async def _wait_for_start(self, generation: GenerationHandle, sink: ReplySink) -> None:
         shown: int | None = None
         while not generation.started.is_set():
             ahead = generation.position - 1

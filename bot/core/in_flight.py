@@ -9,7 +9,7 @@ from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from models.runtime.engine import Generation
+from models.engines import GenerationHandle
 
 
 class Cut(enum.Enum):
@@ -25,7 +25,7 @@ class ActiveReply:
         self.key = key
         self.user_id = user_id
         self.cut: Cut | None = None
-        self.generation: Generation | None = None
+        self.generation: GenerationHandle | None = None
         self.message_id: int | None = None  # the stored message it answers
         self.streamed = ""  # the reply so far
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import llama_cpp
 
+from models.engines import Engine
 from models.errors import ModelLoadError
 from models.prompt.templates import ChatMessage, ChatTemplate, get_template
 from models.prompt.tokenizer import LlamaTokenizer, Tokenizer
@@ -29,7 +30,7 @@ class ChatModel:
     tokenizer: Tokenizer
     template: ChatTemplate
     window: Window
-    engine: ChatEngine
+    engine: Engine
 
     @property
     def default_system_prompt(self) -> str | None:
