@@ -202,9 +202,7 @@ class WebhookSettings(BaseModel):
     # The path this process serves; empty: the path of WEBHOOK_URL.
     webhook_path: str | None = None
 
-    _none_when_empty = field_validator("webhook_url", "webhook_path", mode="before")(
-        _empty_is_none
-    )
+    _none_when_empty = field_validator("webhook_url", "webhook_path", mode="before")(_empty_is_none)
 
 
 class StorageSettings(BaseModel):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -72,3 +74,29 @@ class Engine(Protocol):
     def cancel_all(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SlotClaim:
+    """A server slot held for one request."""
+
+    slot: int
+    # The slot's last request was this conversation's: its cells may be reused (cache_prompt).
+    # Otherwise they hold another conversation's tokens, which must not be reused.
+    cached: bool
+
+
+class SlotLedger(Protocol):
+    """Which conversation each slot of a remote server last served, shared by every bot
+    process that uses the server, so that a request reuses cells of its own conversation only.
+    In-process for one bot process; in the database (PostgreSQL) for several."""
+
+    def claim(self, server: str, slots: int, key: str) -> AbstractAsyncContextManager[SlotClaim]:
+        """Wait for a free slot of `server` (which has `slots`), preferring the one `key` used
+        last, else the least recently used; record `key` as its owner; hold it until exit."""
+        ...
+
+    async def release_owner(self, key: str) -> list[tuple[str, int]]:
+        """Forget `key` as an owner everywhere; returns the (server, slot) pairs it owned,
+        for the caller to erase on the servers."""
+        ...
