@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 override CMAKE_ARGS := $(shell sh deploy/cmake-args.sh) $(CMAKE_ARGS)
 export CMAKE_ARGS
 
-.PHONY: install install-dev tools run test test-fast lint bench bench-server clean
+.PHONY: install install-dev tools llama-server run test test-fast lint bench bench-server clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,7 @@ run: install
 tools:
 	sh deploy/dev-tools.sh
 
-test: install-dev tools
+test: install-dev tools llama-server
 	$(BIN)/python -m pytest
 
 # Everything but the conversion proofs against transformers and llm-rs (marked heavy).
@@ -51,23 +51,18 @@ bench: install-dev
 	$(BIN)/python tests/support/tiny_model.py --bench build/bench.gguf
 	$(BIN)/domovoy bench --model build/bench.gguf --history-tokens 1500 --users 3 --json
 
-# The same bench, with the several-at-once workload also run on llama.cpp's own server, built
-# from the llama.cpp sources of the installed llama-cpp-python (its sdist) with our CPU flags.
-LLAMA_SERVER := build/llama-server-build/bin/llama-server
-$(LLAMA_SERVER): | install-dev
-	mkdir -p build/llama-server-src
-	$(BIN)/pip download --no-binary :all: --no-deps --dest build/llama-server-src \
-		"llama-cpp-python==$$($(BIN)/python -c 'import llama_cpp; print(llama_cpp.__version__)')"
-	cd build/llama-server-src && tar -xzf llama_cpp_python-*.tar.gz
-	cmake -S build/llama-server-src/llama_cpp_python-*/vendor/llama.cpp -B build/llama-server-build \
-		-DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF $(CMAKE_ARGS)
-	cmake --build build/llama-server-build --target llama-server -j2
+# llama.cpp's own server, built from the llama.cpp sources of the installed llama-cpp-python
+# (its sdist) with our CPU flags, cached outside the checkout (~/.cache/domovoy): the tests of
+# ENGINE=remote run it, and the bench compares against it.
+llama-server: install-dev
+	sh deploy/llama-server.sh $(BIN)/python
 
-bench-server: install-dev $(LLAMA_SERVER)
+# The same bench, with the several-at-once workload also run on llama.cpp's own server.
+bench-server: install-dev llama-server
 	mkdir -p build
 	$(BIN)/python tests/support/tiny_model.py --bench build/bench.gguf
 	$(BIN)/domovoy bench --model build/bench.gguf --history-tokens 1500 --users 3 --json \
-		--llama-server $(LLAMA_SERVER)
+		--llama-server "$$(sh deploy/llama-server.sh $(BIN)/python)"
 
 clean:
 	rm -rf $(VENV)

@@ -9,6 +9,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 python=${1:-"$here/../.venv/bin/python"}
 version=${LLAMA_CPP_VERSION:-$("$python" -c 'import llama_cpp; print(llama_cpp.__version__)')}
 args=${CMAKE_ARGS:-$(sh "$here/cmake-args.sh")}
+# One space between flags, whoever wrote them (the key below must not depend on it).
+# shellcheck disable=SC2086
+set -- $args
+args="$*"
 key=$(printf '%s %s' "$version" "$args" | sha256sum | cut -c1-12)
 cache=${DOMOVOY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/domovoy}
 out="$cache/llama-server/$version-$key"

@@ -30,9 +30,9 @@ from bot.core.ordering import Place
 from bot.core.reasoning import answer_of
 from bot.core.turn import Outcome, ReplySink, Turn, conversation_key, state_key, to_turns
 from bot.core.turn_writer import TurnWriter
+from models.engines import GenerationHandle
 from models.prompt.window import WindowResult
 from models.runtime.chat_model import ChatModel
-from models.engines import GenerationHandle
 from models.runtime.generation import GenerationResult
 from storage.database import checkpoint
 from storage.errors import StorageError

@@ -27,7 +27,7 @@ from models.prompt.templates import ChatMessage
 from models.runtime.bench_parallel import aggregate, busy_ttft, no_stop
 from models.runtime.bench_server import llama_server, server_runner
 from models.runtime.chat_model import ChatModel, load_chat_model
-from models.runtime.engine import GenerationResult, LogitsProcessor
+from models.runtime.engine import ChatEngine, GenerationResult, LogitsProcessor
 from models.runtime.loader import ModelConfig, load_llama
 from models.runtime.state_cache import StateCacheConfig
 
@@ -58,6 +58,13 @@ class BenchOptions:
     rounds: int = 3  # throughput runs of each kind, alternating
     parallel: int = 4  # sequences of the context for the several-at-once figures
     llama_server: Path | None = None  # llama.cpp's server binary, for the same workload
+
+
+def local_engine(model: ChatModel) -> ChatEngine:
+    """The parts of the bench that measure llama.cpp in this process."""
+    if not isinstance(model.engine, ChatEngine):
+        raise TypeError("this part of the bench needs the local engine")
+    return model.engine
 
 
 def _text(user: int, turn: int, role: str) -> str:
@@ -98,7 +105,7 @@ async def _timed(
 ) -> tuple[float, list[float], GenerationResult]:
     """Seconds to the first streamed text, arrival times of every delta, the result."""
     started = time.perf_counter()
-    generation = model.engine.submit(
+    generation = local_engine(model).submit(
         prompt, max_new_tokens=max_new_tokens, key=key, logits_processor=processor
     )
     arrivals = [time.perf_counter() async for _ in generation.stream()]
@@ -202,7 +209,7 @@ async def run_bench(
                         n_batch=options.n_batch,
                     ),
                 )
-                others["llama_server"] = server_runner(port, model.engine.sampling)
+                others["llama_server"] = server_runner(port, local_engine(model).sampling)
             report.update(
                 await aggregate(model, short, options.gen_tokens, options.rounds, progress, others)
             )
@@ -228,7 +235,8 @@ async def _measure(
     options: BenchOptions,
     progress: Callable[[str], None],
 ) -> tuple[dict[str, Any], dict[int, list[int]]]:
-    engine, cache = model.engine, model.engine.state_cache
+    engine = local_engine(model)
+    cache = engine.state_cache
     assert cache is not None
     system = model.default_system_prompt
     users = range(options.users)
@@ -322,7 +330,7 @@ async def _throughput(
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
     """One stream: llama-cpp-python alone against the bot's path, same prompt and sampler."""
-    engine = model.engine
+    engine = local_engine(model)
     processor = no_stop(sorted(engine.stop_ids))
     sampling = engine.sampling
     raw_llama = await engine.on_worker(load_llama, config)

@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from models.prompt.templates import ChatMessage
 from models.runtime.chat_model import ChatModel
-from models.runtime.engine import Generation, LogitsProcessor
+from models.runtime.engine import ChatEngine, Generation, LogitsProcessor
 
 
 def no_stop(stop_ids: Sequence[int]) -> LogitsProcessor:
@@ -61,6 +61,7 @@ async def streams(
 ) -> list[list[float]]:
     """Generate from every prompt at once; each stream's token times."""
     engine = model.engine
+    assert isinstance(engine, ChatEngine)  # the logits processor times tokens in-process
     times: list[list[float]] = [[] for _ in prompts]
     generations = [
         engine.submit(
@@ -145,6 +146,7 @@ async def busy_ttft(
     """A conversation with a long history asks again, once while three others stream and
     once with nothing else running; its state is kept in between either way."""
     engine = model.engine
+    assert isinstance(engine, ChatEngine)
     key = "busy-follow-up"
     history = list(history)
 
