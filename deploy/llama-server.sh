@@ -23,6 +23,13 @@ if [ -x "$binary" ]; then
 fi
 mkdir -p "$out/src"
 exec 3>&1 1>&2  # progress to stderr, the path alone to stdout
+# One build at a time per folder: a second caller waits, then finds the binary.
+exec 9>"$out/lock"
+flock 9
+if [ -x "$binary" ]; then
+  echo "$binary" >&3
+  exit 0
+fi
 if ! ls "$out"/src/llama_cpp_python-*.tar.gz >/dev/null 2>&1; then
   "$python" -m pip download --quiet --no-binary :all: --no-deps --dest "$out/src" \
     "llama-cpp-python==$version"
