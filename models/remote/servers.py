@@ -161,6 +161,7 @@ class ServerPool:
             healthy = [s for s in self.order(key) if s.healthy]
             fresh = [s for s in healthy if s.url not in avoid]
             if fresh or healthy:
+                waiting.clear()
                 return (fresh or healthy)[0]
             left = deadline - time.monotonic()
             if left <= 0:
