@@ -78,9 +78,7 @@ async def load_remote(settings: Settings) -> ChatModel:
         read_timeout=engine.engine_read_timeout,
         health_interval=engine.engine_health_interval,
         wait=engine.engine_wait,
-        sampling=dataclasses.replace(
-            settings.sampling.to_config(), seed=settings.sampling.seed
-        ),
+        sampling=dataclasses.replace(settings.sampling.to_config(), seed=settings.sampling.seed),
         window_low_watermark=settings.model.window_low_watermark,
     )
     try:

@@ -15,7 +15,6 @@ from sampling import GREEDY
 from tiny_model import TinyModelShape, build_tiny_gguf
 
 from models.prompt.templates import ChatMessage
-from models.remote.handle import RemoteGeneration
 from models.remote.loader import EngineStartError, RemoteConfig, load_remote_model
 from models.runtime.chat_model import ChatModel, load_chat_model
 from models.runtime.loader import ModelConfig
@@ -146,8 +145,6 @@ async def test_another_conversation_never_reuses_a_shared_prefix(remote: ChatMod
         assert result.n_prompt_evaluated == len(ids), key
 
 
-
-
 @pytest.fixture(scope="module")
 def slow_servers(slow_gguf: Path) -> Iterator[list[llama_server.LlamaServer]]:
     with llama_server.servers(slow_gguf, count=2, n_ctx_per_slot=N_CTX) as started:
@@ -229,3 +226,23 @@ async def test_a_wrong_api_key_is_a_clear_error(byte_gguf: Path) -> None:
             assert result.n_tokens > 0
         finally:
             await model.close()
+
+
+async def test_the_openai_dialect_streams_the_same_reply(
+    byte_gguf: Path, server: llama_server.LlamaServer, remote: ChatModel
+) -> None:
+    """/v1/completions as vLLM speaks it, here answered by llama-server's own: token-id prompt,
+    generated ids in every chunk (vLLM's token_ids; llama-server's __verbose.tokens)."""
+    openai = await load_remote_model(config(byte_gguf, [server.url], api="openai"))
+    try:
+        for i, question in enumerate(QUESTIONS):
+            ids = prompt(remote, f"native:{i}", question)
+            native = await remote.engine.submit(ids, max_new_tokens=48, key=f"n:{i}").result()
+            handle = openai.engine.submit(ids, max_new_tokens=48, key=f"o:{i}")
+            streamed = "".join([delta async for delta in handle.stream()])
+            result = await handle.result()
+            assert streamed == result.text == native.text
+            assert result.n_tokens == native.n_tokens
+            assert openai.engine.transcript(f"o:{i}") is not None
+    finally:
+        await openai.close()

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.engines import SlotClaim
-from models.runtime.sampler import PENALTY_LAST_N, SamplingParams
 from models.remote.servers import Server
+from models.runtime.sampler import PENALTY_LAST_N, SamplingParams
 
 # The local sampler's chain, in its order (models/runtime/sampler.py): the same settings give
 # the same distribution on the server.

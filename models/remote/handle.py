@@ -11,8 +11,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
-from models.runtime.generation import FinishReason, GenerationResult
 from models.remote.pieces import Detokenizer, Pieces
+from models.runtime.generation import FinishReason, GenerationResult
 
 if TYPE_CHECKING:
     from models.remote.engine import RemoteEngine
@@ -31,9 +31,7 @@ class RemoteGeneration:
         self.server: str | None = None  # the URL that served (or serves) the request
         self._engine = engine
         self._deltas: asyncio.Queue[str | None] = asyncio.Queue()
-        self._result: asyncio.Future[GenerationResult] = (
-            asyncio.get_running_loop().create_future()
-        )
+        self._result: asyncio.Future[GenerationResult] = asyncio.get_running_loop().create_future()
         self._cancelled = False
         self._task: asyncio.Task[None] | None = None
         self.reset_reply(engine.pieces)

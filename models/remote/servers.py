@@ -166,8 +166,7 @@ class ServerPool:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise EngineUnavailable(
-                    "No engine server answered within ENGINE_WAIT: "
-                    + ", ".join(self.servers)
+                    "No engine server answered within ENGINE_WAIT: " + ", ".join(self.servers)
                 )
             waiting.set()
             self._changed.clear()
