@@ -246,3 +246,16 @@ async def test_the_openai_dialect_streams_the_same_reply(
             assert openai.engine.transcript(f"o:{i}") is not None
     finally:
         await openai.close()
+
+
+async def test_forget_overwrites_the_slots_the_conversation_used(
+    remote: ChatModel, server: llama_server.LlamaServer
+) -> None:
+    ids = prompt(remote, "gone", "Привет! Как дела?")
+    await remote.engine.submit(ids, max_new_tokens=8, key="gone").result()
+    assert len(ids) in [slot.get("n_prompt_tokens") for slot in server.slots()]
+    await remote.engine.forget("gone")
+    # Without --slot-save-path llama-server refuses /slots actions; a one-token prompt then
+    # replaces the conversation's cells.
+    assert len(ids) not in [slot.get("n_prompt_tokens") for slot in server.slots()]
+    assert remote.engine.transcript("gone") is None
