@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.core.chat import ChatService
-from bot.preflight import StartupError, model_path
+from bot.preflight import StartupError, engine_urls, model_path
 from bot.settings import Settings
 from models.errors import ModelError
 from models.files.context import choose_n_ctx
@@ -56,6 +57,43 @@ def load_model(settings: Settings) -> ChatModel:
         raise StartupError(str(exc)) from exc
 
 
+async def load_remote(settings: Settings) -> ChatModel:
+    """ENGINE=remote: the model file's vocabulary here, the replies from ENGINE_URLS."""
+    from models.remote.loader import RemoteConfig, load_remote_model
+
+    engine = settings.engine
+    engine_urls(settings)
+    path = model_path(settings)  # the same GGUF the servers run, for its vocabulary
+    key = engine.engine_api_key.get_secret_value() if engine.engine_api_key else None
+    config = RemoteConfig(
+        model_path=path,
+        urls=engine.engine_urls,
+        template=settings.model.template,
+        max_new_tokens=settings.model.max_new_tokens,
+        api_key=key,
+        api=engine.engine_api,
+        model=engine.engine_model,
+        n_ctx=settings.model.n_ctx,
+        connect_timeout=engine.engine_connect_timeout,
+        read_timeout=engine.engine_read_timeout,
+        health_interval=engine.engine_health_interval,
+        wait=engine.engine_wait,
+        sampling=dataclasses.replace(settings.sampling.to_config(), seed=settings.sampling.seed),
+        window_low_watermark=settings.model.window_low_watermark,
+    )
+    try:
+        return await load_remote_model(config)
+    except ModelError as exc:
+        raise StartupError(str(exc)) from exc
+
+
+async def load_any_model(settings: Settings) -> ChatModel:
+    """The model for ENGINE: loaded into this process, or reached on remote servers."""
+    if settings.engine.engine == "remote":
+        return await load_remote(settings)
+    return await asyncio.to_thread(load_model, settings)
+
+
 async def _open_database(settings: Settings) -> AsyncEngine:
     url = settings.storage.resolved_database_url
     try:
@@ -81,7 +119,7 @@ async def open_services(
         stack.push_async_callback(db.dispose)
         if model is None:
             logger.info("Loading the model %s", settings.model.model_path)
-            model = await asyncio.to_thread(load_model, settings)
+            model = await load_any_model(settings)
             stack.push_async_callback(model.close)
         chat = ChatService(
             model,

@@ -37,6 +37,11 @@ def bot_token(settings: Settings) -> str:
 
 def model_path(settings: Settings) -> Path:
     path = settings.model.model_path
+    if path is None and settings.engine.engine == "remote":
+        raise StartupError(
+            "ENGINE=remote needs MODEL_PATH too: the GGUF file the servers run, whose "
+            "vocabulary builds the prompts here."
+        )
     if path is None:
         raise StartupError(
             "MODEL_PATH is not set: point it at a GGUF model file "
@@ -56,8 +61,17 @@ def access_policy(settings: Settings) -> AccessPolicy:
         raise StartupError(f"ALLOWED_USERS/ADMIN_USERS: {exc}.") from exc
 
 
+def engine_urls(settings: Settings) -> None:
+    if settings.engine.engine == "remote" and not settings.engine.engine_urls:
+        raise StartupError(
+            "ENGINE=remote needs ENGINE_URLS: the addresses of your llama-server or vLLM "
+            "servers, e.g. http://gpu1:8080."
+        )
+
+
 def check(settings: Settings) -> None:
     bot_token(settings)
+    engine_urls(settings)
     model_path(settings)
     access_policy(settings)
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from llama_cpp import Llama
 from tiny_model import build_tiny_gguf
 
 from models.errors import TemplateError, WindowError
@@ -209,7 +208,7 @@ def test_a_long_history_costs_what_is_kept_not_its_whole_length(
 ) -> None:
     # The bot builds a prompt on its event loop for every message of a conversation that may
     # have run for months: the work must follow the window, not the history.
-    counting = CountingTokenizer(Llama(str(tiny_gguf), vocab_only=True, verbose=False))
+    counting = CountingTokenizer.from_file(tiny_gguf)
     messages = history(2000)
     result = Window(get_template("gigasaiga"), counting, n_ctx=512, reserve=RESERVE).fit(
         SYSTEM, messages

@@ -303,7 +303,7 @@ class ChatService:
         if active.forgotten:
             # The user deleted everything, this reply's rows included: store and show nothing.
             return Outcome(forgotten=True)
-        status: Status = "partial" if result.finish_reason == "cancelled" else "complete"
+        status: Status = "complete" if result.finish_reason in ("stop", "length") else "partial"
         await writer.save_reply(message, reply_id, result.text, status, result.n_tokens)
         self._note_speed(status, result)
         if active.cut is Cut.SHUTDOWN and not answer_of(result.text).strip():
@@ -315,6 +315,7 @@ class ChatService:
             reply_id,
             stopped=status == "partial" and active.cut is Cut.STOPPED,
             interrupted=status == "partial" and active.cut is Cut.SHUTDOWN,
+            cut=result.finish_reason == "cut",
             truncated=window.truncated_last,
             start_forgotten=self._first_time_forgotten(window, message.conversation_id),
             n_tokens=result.n_tokens,
@@ -329,7 +330,11 @@ class ChatService:
 
     async def _wait_for_start(self, generation: GenerationHandle, sink: ReplySink) -> None:
         shown: int | None = None
+        no_server = getattr(generation, "waiting_for_server", None)  # ENGINE=remote only
         while not generation.started.is_set():
+            if no_server is not None and no_server.is_set() and shown != -1:
+                await sink.show_engine_wait()  # once: nothing to count while no server answers
+                shown = -1
             ahead = generation.position - 1
             if ahead >= 1 and ahead != shown:
                 await sink.show_queue(ahead)

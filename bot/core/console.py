@@ -56,6 +56,9 @@ class ConsoleReply:
     async def show_your_turn(self) -> None:
         return None
 
+    async def show_engine_wait(self) -> None:
+        self._write(f"[{self._texts.engine_wait}]\n")
+
     @property
     def message_ids(self) -> list[int]:
         return []

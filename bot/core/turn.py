@@ -18,6 +18,10 @@ class ReplySink(Protocol):
 
     async def show_your_turn(self) -> None: ...
 
+    async def show_engine_wait(self) -> None:
+        """No engine server answers (ENGINE=remote): the reply waits for one."""
+        ...
+
     async def update(self, text: str) -> None: ...
 
     @property
@@ -59,6 +63,7 @@ class Outcome:
     bot_message_id: int | None = None
     stopped: bool = False  # the user stopped it (/stop, the Stop button)
     interrupted: bool = False  # the bot shut down while it was written
+    cut: bool = False  # the remote engine's server failed while it was written
     failed: bool = False
     truncated: bool = False  # the user's message did not fit; the model saw its end
     start_forgotten: bool = False  # the conversation's start dropped out of the window

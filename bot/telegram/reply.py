@@ -119,6 +119,9 @@ class TelegramReply:
     async def show_your_turn(self) -> None:
         await self._show_status(self._texts.queue_your_turn)
 
+    async def show_engine_wait(self) -> None:
+        await self._show_status(self._texts.engine_wait)
+
     async def update(self, text: str) -> None:
         reasoning, answer = split_reasoning(text)
         transport = self._transport

@@ -46,6 +46,7 @@ class Texts:
     group_hello: str
     queue_position: str  # {ahead}
     queue_your_turn: str
+    engine_wait: str  # no engine server answers: the reply waits for one
     forgotten_start: str
     truncated_message: str
     reply_failed: str
@@ -54,6 +55,7 @@ class Texts:
     edit_noted: str
     shutting_down: str
     reply_interrupted: str
+    reply_cut: str  # the engine server failed in the middle of the reply
     answer_after_restart: str
     storage_failed: str
     status: str  # {model} {uptime} {queue} {users} {conversations} {messages} {tps}
@@ -70,6 +72,8 @@ class Texts:
             notes.append(self.reply_stopped)
         elif outcome.interrupted:
             notes.append(self.reply_interrupted)
+        elif outcome.cut:
+            notes.append(self.reply_cut)
         elif outcome.empty:
             notes.append(self.empty_reply)
         if outcome.truncated:
@@ -155,6 +159,7 @@ RU = Texts(
     ),
     queue_position="Вы в очереди, впереди: {ahead}. Ответ начнётся, как только модель освободится.",
     queue_your_turn="Ваша очередь: модель читает разговор, ответ скоро начнётся.",
+    engine_wait="Сервер модели сейчас недоступен; ответ начнётся, как только он вернётся.",
     forgotten_start="(Начало разговора не поместилось в память модели и забыто.)",
     truncated_message="(Сообщение слишком длинное: модель увидела только его конец.)",
     reply_failed="Не получилось сгенерировать ответ. Попробуйте ещё раз.",
@@ -163,6 +168,7 @@ RU = Texts(
     edit_noted="Исправление учтено в истории разговора.",
     shutting_down="Бот перезапускается, напишите чуть позже.",
     reply_interrupted="(прервано: бот перезапускается)",
+    reply_cut="(оборвано: сервер модели перестал отвечать; напишите ещё раз, чтобы продолжить)",
     answer_after_restart=(
         "Бот перезапускается. Ваше сообщение сохранено — я отвечу на него сразу после перезапуска."
     ),
@@ -258,6 +264,7 @@ EN = Texts(
         "You are in the queue, ahead of you: {ahead}. The reply starts once the model is free."
     ),
     queue_your_turn="Your turn: the model is reading the conversation; the reply starts soon.",
+    engine_wait="The model's server is unavailable right now; the reply starts once it is back.",
     forgotten_start=(
         "(The start of our conversation no longer fits the model's memory and is forgotten.)"
     ),
@@ -268,6 +275,7 @@ EN = Texts(
     edit_noted="Your correction is taken into the conversation history.",
     shutting_down="The bot is restarting, please write again in a moment.",
     reply_interrupted="(interrupted: the bot is restarting)",
+    reply_cut="(cut off: the model's server stopped answering; write again to go on)",
     answer_after_restart=(
         "The bot is restarting. Your message is saved, and I will answer it right after "
         "the restart."

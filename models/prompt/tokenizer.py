@@ -1,7 +1,9 @@
 """The model's own tokenizer, loaded without weights.
 
-It is a separate vocab-only `Llama` so that the event loop can count and encode tokens while
-the worker thread owns the generating context.
+It is a vocabulary-only llama.cpp model with no context at all (no KV cache, no compute
+buffers), so that the event loop can count and encode tokens while the worker thread owns the
+generating context, and so that a bot whose replies come from a remote server holds nothing
+of the model but its vocabulary.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 import llama_cpp
-from llama_cpp import Llama
+from llama_cpp._internals import LlamaModel
 
 from models.errors import ModelLoadError, TemplateError
 from models.files.gguf_info import check_gguf
@@ -49,15 +51,17 @@ class Tokenizer(Protocol):
 
 
 class LlamaTokenizer:
-    def __init__(self, llama: Llama) -> None:
-        self._llama = llama
+    def __init__(self, model: LlamaModel) -> None:
+        self._model = model
         self._special_cache: dict[str, int] = {}
 
     @classmethod
     def from_file(cls, path: Path) -> LlamaTokenizer:
         check_gguf(path)
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
         try:
-            return cls(Llama(model_path=str(path), vocab_only=True, verbose=False))
+            return cls(LlamaModel(path_model=str(path), params=params, verbose=False))
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelLoadError(
                 f"llama.cpp could not read the vocabulary of the model file {path}; "
@@ -85,17 +89,22 @@ class LlamaTokenizer:
         return ids
 
     def _tokenize(self, text: str, special: bool) -> list[int]:
-        return self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+        ids: list[int] = self._model.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+        return ids
 
     def decode(self, tokens: list[int], *, special: bool = False) -> str:
         """Text of `tokens`; with `special`, control tokens such as `</s>` appear as text."""
-        data: bytes = self._llama.detokenize(tokens, special=special)
-        return data.decode("utf-8", errors="replace")
+        return self.token_bytes(tokens, special=special).decode("utf-8", errors="replace")
+
+    def token_bytes(self, tokens: list[int], *, special: bool = False) -> bytes:
+        """The raw bytes of `tokens`; a token may end inside a UTF-8 character."""
+        data: bytes = self._model.detokenize(tokens, special=special)
+        return data
 
     def token_id(self, piece: str) -> int:
         """The id of a special token such as `<s>`; it must be a single token of the vocab."""
         if piece not in self._special_cache:
-            ids = self._llama.tokenize(piece.encode("utf-8"), add_bos=False, special=True)
+            ids = self._model.tokenize(piece.encode("utf-8"), add_bos=False, special=True)
             if len(ids) != 1:
                 raise TemplateError(
                     f"The model's vocabulary has no special token {piece!r}; "
@@ -109,7 +118,7 @@ class LlamaTokenizer:
         token = self.metadata.get(f"tokenizer.ggml.{kind}_token_id")
         if token is None:
             return ""
-        piece: bytes = self._llama.detokenize([int(token)], special=True)
+        piece: bytes = self._model.detokenize([int(token)], special=True)
         return piece.decode("utf-8", errors="replace")
 
     def eog_ids(self) -> set[int]:
@@ -118,7 +127,7 @@ class LlamaTokenizer:
 
     @cached_property
     def _eog_ids(self) -> frozenset[int]:
-        vocab = self._llama._model.vocab  # llama-cpp-python has no public getter
+        vocab = self._model.vocab
         return frozenset(
             token
             for token in range(llama_cpp.llama_vocab_n_tokens(vocab))
@@ -141,7 +150,7 @@ class LlamaTokenizer:
         return self._pattern(llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED)
 
     def _pattern(self, attributes: int) -> re.Pattern[str] | None:
-        vocab = self._llama._model.vocab  # llama-cpp-python has no public getter
+        vocab = self._model.vocab
         pieces = set()
         for token in range(llama_cpp.llama_vocab_n_tokens(vocab)):
             if llama_cpp.llama_vocab_get_attr(vocab, token) & attributes:
@@ -153,6 +162,13 @@ class LlamaTokenizer:
         ordered = sorted(pieces, key=lambda piece: (-len(piece), piece))
         return re.compile("(" + "|".join(re.escape(piece) for piece in ordered) + ")")
 
+    @property
+    def n_vocab(self) -> int:
+        return int(llama_cpp.llama_vocab_n_tokens(self._model.vocab))
+
+    def close(self) -> None:
+        self._model.close()  # type: ignore[no-untyped-call]
+
     @cached_property
     def n_ctx_train(self) -> int:
         arch = self.metadata.get("general.architecture", "")
@@ -160,4 +176,4 @@ class LlamaTokenizer:
 
     @cached_property
     def metadata(self) -> dict[str, str]:
-        return dict(self._llama.metadata)
+        return dict(self._model.metadata())

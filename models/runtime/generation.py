@@ -18,7 +18,8 @@ from models.runtime.sampler import LogitsProcessor
 if TYPE_CHECKING:
     from models.runtime.engine import ChatEngine
 
-FinishReason = Literal["stop", "length", "cancelled"]
+# "cut": a remote server failed in the middle of the reply; the text so far is kept.
+FinishReason = Literal["stop", "length", "cancelled", "cut"]
 
 
 @dataclass(frozen=True)
