@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 import uuid
@@ -121,7 +122,9 @@ async def exchange(
             f"the prompt of {len(handle.prompt)} tokens does not fit {server.url}'s context "
             f"of {n_ctx} tokens"
         )
-    salt = key if handle.key is not None else None
+    # vLLM's prefix cache shares blocks only between requests with the same salt; the key
+    # names users, which the engine's logs need not see.
+    salt = hashlib.sha256(key.encode()).hexdigest() if handle.key is not None else None
     body = request_body(
         server, handle.prompt, n_predict, engine.sampling, slot, salt, engine.stop_ids
     )
