@@ -39,6 +39,9 @@ class GenerationHandle(Protocol):
 
     async def result(self) -> GenerationResult: ...
 
+    @property
+    def done(self) -> bool: ...
+
 
 class Engine(Protocol):
     n_ctx: int

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from models.runtime.bench import BenchOptions
 
 
 def bench(
@@ -29,6 +33,13 @@ def bench(
     llama_server: Annotated[
         Path | None,
         typer.Option(help="llama.cpp's llama-server binary: the same workload on it, compared."),
+    ] = None,
+    engine_url: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A running llama-server (repeat for several): measure ENGINE=remote on it "
+            "instead of the local engine; ENGINE_API_KEY is sent if set."
+        ),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -59,8 +70,18 @@ def bench(
     def progress(line: str) -> None:
         typer.echo(line, err=True)
 
+    api_key = settings.engine.engine_api_key
     try:
-        report = asyncio.run(run_bench(options, progress))
+        if engine_url:
+            from models.remote.bench import run_remote_bench
+
+            urls = [url.rstrip("/") for url in engine_url]
+            key = api_key.get_secret_value() if api_key else None
+            report = asyncio.run(run_remote_bench(options, urls, progress, key))
+        else:
+            report = asyncio.run(run_bench(options, progress))
+            if llama_server is not None:
+                report["remote_engine"] = asyncio.run(_remote_beside(options, progress))
     except (ModelError, ValueError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
@@ -85,7 +106,25 @@ def bench(
         typer.echo(f"{name}: {report[name]}")
     shape = report["model"]
     typer.echo(
-        f"model: {shape['n_params'] / 1e6:.1f}M parameters, n_embd={shape['n_embd']}, "
-        f"n_layer={shape['n_layer']}, n_head={shape['n_head']}, n_ff={shape['n_ff']}, "
+        f"model: {shape['n_params'] / 1e6:.1f}M parameters, {shape['architecture']}, "
         f"n_vocab={shape['n_vocab']}, n_ctx={report['settings']['n_ctx']}"
     )
+
+
+async def _remote_beside(options: BenchOptions, progress: Callable[[str], None]) -> dict[str, Any]:
+    """The same bench through ENGINE=remote, on a llama-server started here with the local
+    run's model, slots, context per slot and threads: the two engines side by side."""
+    from models.remote.bench import run_remote_bench
+    from models.runtime.bench_server import llama_server
+
+    assert options.llama_server is not None
+    progress("ENGINE=remote: starting llama-server with the same model and slots")
+    with llama_server(
+        options.llama_server,
+        options.model_path,
+        parallel=options.parallel,
+        n_ctx=options.n_ctx,
+        threads=options.n_threads or 1,
+        n_batch=options.n_batch,
+    ) as port:
+        return await run_remote_bench(options, [f"http://127.0.0.1:{port}"], progress)

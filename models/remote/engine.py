@@ -71,7 +71,12 @@ class RemoteEngine:
     # -- requests -----------------------------------------------------------------------------
 
     def submit(
-        self, prompt: list[int], *, max_new_tokens: int, key: str | None = None
+        self,
+        prompt: list[int],
+        *,
+        max_new_tokens: int,
+        key: str | None = None,
+        ignore_eos: bool = False,
     ) -> RemoteGeneration:
         if self._closed:
             raise RuntimeError("the engine is closed")
@@ -80,7 +85,7 @@ class RemoteEngine:
         if len(prompt) >= self.n_ctx:
             raise ValueError(f"prompt of {len(prompt)} tokens does not fit n_ctx={self.n_ctx}")
         cap = min(max_new_tokens, self.n_ctx - len(prompt))
-        handle = RemoteGeneration(self, list(prompt), cap, key)
+        handle = RemoteGeneration(self, list(prompt), cap, key, ignore_eos=ignore_eos)
         if key is not None:
             self.dropped.discard(key)
         self._running.add(handle)

@@ -126,8 +126,10 @@ async def exchange(
     # names users, which the engine's logs need not see.
     salt = hashlib.sha256(key.encode()).hexdigest() if handle.key is not None else None
     body = request_body(
-        server, handle.prompt, n_predict, engine.sampling, slot, salt, engine.stop_ids
+        server, handle.prompt, n_predict, engine.sampling, slot, salt, handle.stop_ids
     )
+    if handle.ignore_eos:
+        body["ignore_eos"] = True
     if server.dialect == "llama-server":
         body["response_fields"] = FINAL_FIELDS
     url = f"{server.url}{path(server)}"
@@ -206,7 +208,7 @@ def take(
             ids = recover(engine, chunk, held_back) + ids
     for token in ids:
         handle.n_seen += 1
-        if token in engine.stop_ids:
+        if token in handle.stop_ids:
             handle.last_stop = token
             return "stop"
         handle.add(token)

@@ -20,9 +20,18 @@ if TYPE_CHECKING:
 
 class RemoteGeneration:
     def __init__(
-        self, engine: RemoteEngine, prompt: list[int], max_new_tokens: int, key: str | None
+        self,
+        engine: RemoteEngine,
+        prompt: list[int],
+        max_new_tokens: int,
+        key: str | None,
+        *,
+        ignore_eos: bool = False,
     ) -> None:
         self.prompt = prompt
+        # The bench's throughput runs: exactly max_new_tokens, whatever the model samples.
+        self.ignore_eos = ignore_eos
+        self.stop_ids = frozenset() if ignore_eos else engine.stop_ids
         self.max_new_tokens = max_new_tokens
         self.key = key
         self.started = asyncio.Event()

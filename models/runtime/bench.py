@@ -67,7 +67,7 @@ def local_engine(model: ChatModel) -> ChatEngine:
     return model.engine
 
 
-def _text(user: int, turn: int, role: str) -> str:
+def sample_text(user: int, turn: int, role: str) -> str:
     first = SENTENCES[(user + turn) % len(SENTENCES)]
     second = SENTENCES[(user * 3 + turn * 5 + (role == "bot")) % len(SENTENCES)]
     return f"{role} {user}.{turn}: {first} {second}"
@@ -81,8 +81,8 @@ def build_history(
     turn = 0
     while True:
         turn_messages = [
-            ChatMessage("user", _text(user, turn, "user")),
-            ChatMessage("bot", _text(user, turn, "bot")),
+            ChatMessage("user", sample_text(user, turn, "user")),
+            ChatMessage("bot", sample_text(user, turn, "bot")),
         ]
         candidate = [*history, *turn_messages]
         size = len(
@@ -191,7 +191,7 @@ async def run_bench(
         report.update(await _throughput(model, config, options, prompts[0], progress))
         system = model.default_system_prompt
         short = [
-            model.build_prompt(system, [ChatMessage("user", _text(u, 7, "user"))]).tokens
+            model.build_prompt(system, [ChatMessage("user", sample_text(u, 7, "user"))]).tokens
             for u in range(4)
         ]
         with contextlib.ExitStack() as stack:
@@ -209,7 +209,9 @@ async def run_bench(
                         n_batch=options.n_batch,
                     ),
                 )
-                others["llama_server"] = server_runner(port, local_engine(model).sampling)
+                others["llama_server"] = server_runner(
+                    f"http://127.0.0.1:{port}", local_engine(model).sampling
+                )
             report.update(
                 await aggregate(model, short, options.gen_tokens, options.rounds, progress, others)
             )
@@ -256,7 +258,7 @@ async def _measure(
 
     # Each user asks once: the replies are what a bot would store, and their states are kept.
     for u in users:
-        histories[u].append(ChatMessage("user", _text(u, 99, "user")))
+        histories[u].append(ChatMessage("user", sample_text(u, 99, "user")))
         progress(f"conversation {u + 1}/{options.users}: evaluating its history")
         _, _, result = await _timed(model, prompt(u), f"u{u}", options.reply_tokens)
         histories[u].append(ChatMessage("bot", result.text))
@@ -267,7 +269,7 @@ async def _measure(
     cached: list[GenerationResult] = []
     ttft_cached: list[float] = []
     for u in users:
-        histories[u].append(ChatMessage("user", _text(u, 100, "user")))
+        histories[u].append(ChatMessage("user", sample_text(u, 100, "user")))
         prompts[u] = prompt(u)
         before = engine.transcript(f"u{u}")
         spliced = before is not None and prompts[u][: len(before.prompt)] == list(before.prompt)
@@ -316,7 +318,7 @@ async def _measure(
             "cold": [r.n_prompt_evaluated for r in cold],
         },
         "new_turn_tokens": new_turn,
-        "ttft_s": {"cached": _rounded(ttft_cached), "cold": _rounded(ttft_cold)},
+        "ttft_s": {"cached": rounded(ttft_cached), "cold": rounded(ttft_cold)},
         "state_bytes_per_token": round(state_bytes / state_tokens) if state_tokens else None,
     }
     return report, prompts
@@ -375,9 +377,9 @@ async def _throughput(
         "pipeline_tokens_per_s": round(pipeline, 2),
         "throughput_ratio": round(pipeline / raw, 4),
         "model": shape,
-        "tokens_per_s_runs": {"raw": _rounded(raw_runs), "pipeline": _rounded(pipeline_runs)},
+        "tokens_per_s_runs": {"raw": rounded(raw_runs), "pipeline": rounded(pipeline_runs)},
     }
 
 
-def _rounded(values: list[float]) -> list[float]:
+def rounded(values: list[float]) -> list[float]:
     return [round(v, 3) for v in values]

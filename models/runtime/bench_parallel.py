@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from models.engines import GenerationHandle
 from models.prompt.templates import ChatMessage
 from models.runtime.chat_model import ChatModel
-from models.runtime.engine import ChatEngine, Generation, LogitsProcessor
+from models.runtime.engine import ChatEngine, LogitsProcessor
 
 
 def no_stop(stop_ids: Sequence[int]) -> LogitsProcessor:
@@ -89,6 +90,13 @@ def summary(best: dict[int, float]) -> dict[str, dict[str, float]]:
     }
 
 
+def local_runner(model: ChatModel) -> Runner:
+    async def run(chosen: list[list[int]], n: int, tag: str) -> list[list[float]]:
+        return await streams(model, chosen, n, tag)
+
+    return run
+
+
 async def aggregate(
     model: ChatModel,
     prompts: Sequence[list[int]],
@@ -96,16 +104,13 @@ async def aggregate(
     rounds: int,
     progress: Callable[[str], None],
     others: dict[str, Runner] | None = None,
+    ours: Runner | None = None,
 ) -> dict[str, Any]:
     """Tokens per second of 1, 2 and 4 (up to PARALLEL) streams together; `others` (say,
     llama.cpp's server) run the same workload in turn with the bot, so that both meet the
-    same load on a shared machine."""
+    same load on a shared machine. `ours`: how the bot's engine runs them (default: local)."""
     counts = sorted({1, *(n for n in (2, 4) if n <= model.engine.parallel)})
-
-    async def ours(chosen: list[list[int]], n: int, tag: str) -> list[list[float]]:
-        return await streams(model, chosen, n, tag)
-
-    runners: dict[str, Runner] = {"bot": ours, **(others or {})}
+    runners: dict[str, Runner] = {"bot": ours or local_runner(model), **(others or {})}
     best: dict[str, dict[int, float]] = {name: {} for name in runners}
     widest = [prompts[i % len(prompts)] for i in range(max(counts))]
     for name, runner in runners.items():
@@ -134,6 +139,23 @@ async def first_token(model: ChatModel, prompt: list[int], key: str, n_tokens: i
     return seconds
 
 
+StartStream = Callable[[list[int], int, str], GenerationHandle]
+
+
+def local_stream(engine: ChatEngine) -> StartStream:
+    """A reply of exactly the tokens asked for, on the local engine."""
+
+    def start(prompt: list[int], n_tokens: int, key: str) -> GenerationHandle:
+        return engine.submit(
+            prompt,
+            max_new_tokens=n_tokens,
+            key=key,
+            logits_processor=no_stop(sorted(engine.stop_ids)),
+        )
+
+    return start
+
+
 async def busy_ttft(
     model: ChatModel,
     system: str | None,
@@ -142,11 +164,15 @@ async def busy_ttft(
     reply_tokens: int,
     gen_tokens: int,
     progress: Callable[[str], None],
+    start_stream: StartStream | None = None,
 ) -> dict[str, float]:
     """A conversation with a long history asks again, once while three others stream and
-    once with nothing else running; its state is kept in between either way."""
+    once with nothing else running; its state is kept in between either way.
+    `start_stream`: how the three others are started (default: on the local engine)."""
     engine = model.engine
-    assert isinstance(engine, ChatEngine)
+    if start_stream is None:
+        assert isinstance(engine, ChatEngine)
+        start_stream = local_stream(engine)
     key = "busy-follow-up"
     history = list(history)
 
@@ -170,17 +196,12 @@ async def busy_ttft(
     await answer(ask("Расскажи, что было раньше?"))  # the history is evaluated once
     idle = await answer(ask("А что было потом?"))
     others = max(0, min(3, engine.parallel - 1))
-    streaming: list[Generation] = [
-        engine.submit(
-            stream_prompts[i % len(stream_prompts)],
-            max_new_tokens=gen_tokens * 4,
-            key=f"streaming{i}",
-            logits_processor=no_stop(sorted(engine.stop_ids)),
-        )
+    streaming = [
+        start_stream(stream_prompts[i % len(stream_prompts)], gen_tokens * 4, f"streaming{i}")
         for i in range(others)
     ]
 
-    async def streaming_now(generation: Generation) -> None:
+    async def streaming_now(generation: GenerationHandle) -> None:
         seen = 0
         async for _ in generation.stream():
             seen += 1

@@ -15,6 +15,7 @@ import json
 import socket
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ def llama_server(
     args = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
     args += ["-np", str(parallel), "-c", str(parallel * n_ctx), "-t", str(threads)]
     args += ["-b", str(n_batch), "-ub", str(n_batch), "--no-webui", "-fa", "off"]
+    # As ENGINE=remote needs it (deploy/README.md): no prompt cache shared across slots.
+    args += ["--cache-ram", "0"]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
@@ -63,9 +66,14 @@ def llama_server(
 
 
 def stream_times(
-    port: int, prompt: Sequence[int], n_tokens: int, sampling: SamplingParams
+    url: str,
+    prompt: Sequence[int],
+    n_tokens: int,
+    sampling: SamplingParams,
+    api_key: str | None = None,
 ) -> list[float]:
-    """Arrival times of the streamed tokens of one /completion request."""
+    """Arrival times of the streamed tokens of one /completion request to llama-server at
+    `url` (http://host:port)."""
     body = {
         "prompt": list(prompt),
         "n_predict": n_tokens,
@@ -80,10 +88,12 @@ def stream_times(
         "repeat_last_n": 64,
         "seed": 1,
     }
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    connection.request(
-        "POST", "/completion", json.dumps(body), {"Content-Type": "application/json"}
-    )
+    address = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(address.netloc, timeout=600)
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    connection.request("POST", f"{address.path.rstrip('/')}/completion", json.dumps(body), headers)
     response = connection.getresponse()
     times: list[float] = []
     for raw in response:
@@ -98,12 +108,12 @@ def stream_times(
     return times
 
 
-def server_runner(port: int, sampling: SamplingParams) -> Runner:
-    """Streams on the server, for `bench_parallel.aggregate`."""
+def server_runner(url: str, sampling: SamplingParams, api_key: str | None = None) -> Runner:
+    """Streams straight to the server, for `bench_parallel.aggregate`."""
 
     async def run(prompts: list[list[int]], n_tokens: int, tag: str) -> list[list[float]]:
         return await asyncio.gather(
-            *(asyncio.to_thread(stream_times, port, p, n_tokens, sampling) for p in prompts)
+            *(asyncio.to_thread(stream_times, url, p, n_tokens, sampling, api_key) for p in prompts)
         )
 
     return run
