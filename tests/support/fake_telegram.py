@@ -140,7 +140,7 @@ CHAT_ACTIONS = frozenset((
 # How the form-encoded strings aiogram sends are typed back (everything else stays a string).
 INT_FIELDS = frozenset((
     "chat_id", "message_id", "draft_id", "message_thread_id", "offset", "limit", "timeout",
-    "cache_time", "reply_to_message_id", "user_id",
+    "cache_time", "reply_to_message_id", "user_id", "max_connections",
 ))
 BOOL_FIELDS = frozenset((
     "show_alert", "drop_pending_updates", "disable_notification", "protect_content", "can_stop",
