@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,11 @@ import pytest
 from bot_e2e import OWNER, Running, instrument, load_model, running_bot
 from fake_telegram import FakeTelegram
 from fake_telegram_webhook import SECRET_HEADER, Delivery
-from webhook_bots import SECRET, backend_url, free_port, webhook_bots, webhook_overrides
+from webhook_bots import BOT_ENV, SECRET, backend_url, free_port, webhook_bots, webhook_overrides
 
+from bot import preflight
+from bot.preflight import StartupError
+from bot.settings import Settings
 from models.runtime.chat_model import ChatModel
 from storage.database import create_engine, create_session_factory, migrate
 from storage.repositories import ConversationRepository, MessageRepository
@@ -43,11 +47,11 @@ async def post_update(port: int, update: dict[str, Any], secret: str | None) -> 
     headers = {"Content-Type": "application/json"}
     if secret is not None:
         headers[SECRET_HEADER] = secret
-    async with aiohttp.ClientSession() as session:
-        async with session.post(
-            backend_url(port), data=json.dumps(update), headers=headers
-        ) as response:
-            return response.status
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(backend_url(port), data=json.dumps(update), headers=headers) as response,
+    ):
+        return response.status
 
 
 def user_update(update_id: int, text: str, user_id: int = OWNER) -> dict[str, Any]:
@@ -62,6 +66,55 @@ def user_update(update_id: int, text: str, user_id: int = OWNER) -> dict[str, An
             "text": text,
         },
     }
+
+
+@pytest.mark.parametrize(
+    ("secret", "says"),
+    [
+        (None, "WEBHOOK_SECRET is not set"),
+        ("has space", "WEBHOOK_SECRET may only hold 1-256 letters"),
+        ("x" * 257, "WEBHOOK_SECRET may only hold 1-256 letters"),
+        ("пароль", "WEBHOOK_SECRET may only hold 1-256 letters"),
+    ],
+)
+def test_webhook_mode_needs_a_well_formed_secret(secret: str | None, says: str) -> None:
+    settings = Settings(
+        _env_file=None, webhook_url="https://bot.example.org/tg", webhook_secret=secret
+    )  # type: ignore[call-arg]
+    with pytest.raises(StartupError) as refused:
+        preflight.webhook(settings)
+    assert str(refused.value).startswith(says) and str(refused.value).count(". ") == 0
+    assert secret is None or secret not in str(refused.value)
+
+
+def test_webhook_settings_when_well_formed() -> None:
+    settings = Settings(
+        _env_file=None, webhook_url="https://bot.example.org/tg", webhook_secret="A-z_09"
+    )  # type: ignore[call-arg]
+    assert preflight.webhook(settings) == preflight.Webhook(
+        "https://bot.example.org/tg", "/tg", "A-z_09"
+    )
+    assert preflight.webhook(Settings(_env_file=None)) is None  # type: ignore[call-arg]
+    with pytest.raises(StartupError, match="WEBHOOK_URL is not a web address"):
+        preflight.webhook(
+            Settings(_env_file=None, webhook_url="bot.example.org", webhook_secret="a")
+        )  # type: ignore[call-arg]
+
+
+async def test_the_process_refuses_webhook_mode_without_a_secret(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in BOT_ENV}
+    env.update(
+        BOT_TOKEN="999:" + "A" * 35,
+        MODEL_PATH=str(tmp_path / "missing.gguf"),
+        WEBHOOK_URL="https://bot.example.org/tg",
+    )
+    (tmp_path / "missing.gguf").write_bytes(b"GGUF")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", env=env, cwd=tmp_path, stderr=asyncio.subprocess.PIPE
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 2
+    assert stderr.decode().startswith("domovoy: WEBHOOK_SECRET is not set")
 
 
 async def user_texts(bot: Running, user_id: int = OWNER) -> list[str]:
@@ -101,6 +154,8 @@ async def test_requests_without_the_right_secret_get_401_and_do_nothing(
         assert await post_update(port, user_update(5, "без секрета"), None) == 401
         assert await post_update(port, user_update(6, "чужой секрет"), "wrong-secret") == 401
         assert await post_update(port, user_update(7, "почти"), SECRET + "x") == 401
+        async with aiohttp.ClientSession() as session, session.get(backend_url(port)) as got:
+            assert got.status == 405  # what the README's HAProxy health check expects
         # The sentinel: a real message after them is stored and answered, alone.
         tg.push_message(OWNER, "настоящее сообщение")
         await bot.wait_reply(OWNER)

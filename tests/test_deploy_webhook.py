@@ -46,8 +46,15 @@ def test_an_instance_passes_verify_and_security(tmp_path: Path) -> None:
     )
     assert verify.returncode == 0 and not (verify.stdout + verify.stderr).strip(), verify.stderr
     security = subprocess.run(
-        [tool, "security", "--offline=true", f"--root={root}", "--no-pager"]
-        + ["--threshold=25", "domovoy-webhook@8081.service"],
+        [
+            tool,
+            "security",
+            "--offline=true",
+            f"--root={root}",
+            "--no-pager",
+            "--threshold=25",
+            "domovoy-webhook@8081.service",
+        ],
         capture_output=True,
         text=True,
         timeout=60,

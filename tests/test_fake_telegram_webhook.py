@@ -4,6 +4,7 @@ delivery (secret header, retries, per-chat order, the load balancer, duplicates)
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -153,7 +154,7 @@ async def test_delivery_carries_the_secret_and_retries_with_backoff(
     assert hook.received == [(update["update_id"], SECRET)] * 3
     attempts = [d for d in tg.webhook_deliveries if d.update_id == update["update_id"]]
     assert [d.status for d in attempts] == [500, 401, 200]
-    gaps = [b.at - a.at for a, b in zip(attempts, attempts[1:], strict=False)]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(attempts)]
     assert gaps[0] >= 0.05 and gaps[1] >= 0.1  # exponential backoff
     info = await bot.get_webhook_info()
     assert info.last_error_message == "Wrong response from the webhook: 401 Unauthorized"
@@ -203,7 +204,7 @@ async def test_load_balancer_spreads_retries_and_duplicates_over_backends(
     retried = tg.push_message(5, "retry")["update_id"]
     await tg.wait_for(lambda: tg.delivered(retried))
     urls = [d.url for d in tg.webhook_deliveries if d.update_id == retried]
-    assert all(x != y for x, y in zip(urls, urls[1:], strict=False))
+    assert all(x != y for x, y in itertools.pairwise(urls))
     # A duplicate: the same update again, to the other backend, before the chat's next one.
     tg.duplicate_next()
     twice = tg.push_message(6, "twice")["update_id"]

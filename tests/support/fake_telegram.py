@@ -35,8 +35,9 @@ message can't be edited"; sendMessageDraft outside private chats "Bad Request:
 TEXTDRAFT_PEER_INVALID"; 429 "Too Many Requests: retry after N" with parameters.retry_after.
 
 ``from fake_telegram import FakeTelegram`` (tests/ is on sys.path). ``FakeTelegram(token=...,
-bot_username="domovoy_test_bot", privacy_mode=False, local_bot_api=False)``; ``await start()`` returns and sets
-``base_url``, ``await stop()``, or ``async with``; ``bot_user`` is what getMe describes.
+bot_username="domovoy_test_bot", privacy_mode=False, local_bot_api=False)``; ``await start()``
+returns and sets ``base_url``, ``await stop()``, or ``async with``; ``bot_user`` is what getMe
+describes.
 
 Test controls (synchronous unless marked async):
 

@@ -262,7 +262,9 @@ class WebhookMethods:
         if parts.scheme != "https":
             raise bad_request("bad webhook: An HTTPS URL must be provided for webhook")
         if (port or 443) not in WEBHOOK_PORTS:
-            raise bad_request("bad webhook: Webhook can be set up only on ports 80, 88, 443 or 8443")
+            raise bad_request(
+                "bad webhook: Webhook can be set up only on ports 80, 88, 443 or 8443"
+            )
         with contextlib.suppress(ValueError):
             address = ipaddress.ip_address(parts.hostname)
             if not address.is_global:
@@ -286,7 +288,9 @@ class WebhookMethods:
         try:
             failures, last_url, duplicate = 0, None, False
             while (webhook := self._webhook) is not None and not self._closing:
-                url = self._pick(last_url if failures or duplicate else None) if self._pick else None
+                url = (
+                    self._pick(last_url if failures or duplicate else None) if self._pick else None
+                )
                 delivery = Delivery(update["update_id"], url or webhook.url, time.monotonic())
                 delivery.duplicate = duplicate
                 self.webhook_deliveries.append(delivery)

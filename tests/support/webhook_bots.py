@@ -32,12 +32,31 @@ PATH = "/telegram"
 # The public address Telegram would post to; the fake's balancer forwards to the processes.
 PUBLIC_URL = "http://127.0.0.1:9/telegram"
 # Settings of the developer's environment that must not leak into a test's bot process.
-BOT_ENV = (
-    "BOT_TOKEN MODEL_PATH LORA_PATH DATA_DIR DATABASE_URL TELEGRAM_API_URL ALLOWED_USERS "
-    "ADMIN_USERS MAX_NEW_TOKENS N_CTX SYSTEM_PROMPT TEMPLATE USE_DRAFTS USE_RICH_MESSAGES "
-    "STATE_DIRECTORY ENGINE ENGINE_URLS WEBHOOK_URL WEBHOOK_SECRET WEBHOOK_HOST WEBHOOK_PORT "
-    "WEBHOOK_PATH WEBHOOK_MAX_CONNECTIONS"
-).split()
+BOT_ENV = [
+    "BOT_TOKEN",
+    "MODEL_PATH",
+    "LORA_PATH",
+    "DATA_DIR",
+    "DATABASE_URL",
+    "TELEGRAM_API_URL",
+    "ALLOWED_USERS",
+    "ADMIN_USERS",
+    "MAX_NEW_TOKENS",
+    "N_CTX",
+    "SYSTEM_PROMPT",
+    "TEMPLATE",
+    "USE_DRAFTS",
+    "USE_RICH_MESSAGES",
+    "STATE_DIRECTORY",
+    "ENGINE",
+    "ENGINE_URLS",
+    "WEBHOOK_URL",
+    "WEBHOOK_SECRET",
+    "WEBHOOK_HOST",
+    "WEBHOOK_PORT",
+    "WEBHOOK_PATH",
+    "WEBHOOK_MAX_CONNECTIONS",
+]
 
 
 def free_port() -> int:
