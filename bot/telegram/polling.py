@@ -49,7 +49,7 @@ class Polling:
 
     async def failed(self) -> None:
         assert self._task is not None
-        await asyncio.shield(self._task)
+        await asyncio.wait({self._task})  # its error is raised by close()
 
     async def refuse(self) -> None:
         if self._task is not None and not self._task.done():
