@@ -4,6 +4,8 @@ must end the start at once with one sentence of what to set."""
 from __future__ import annotations
 
 import re
+import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 
 from bot.settings import Settings
@@ -69,11 +71,55 @@ def engine_urls(settings: Settings) -> None:
         )
 
 
+# Telegram's rule for setWebhook's secret_token.
+SECRET_FORMAT = re.compile(r"[A-Za-z0-9_-]{1,256}")
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """Webhook mode, checked: where Telegram posts, the path served here, the secret."""
+
+    url: str
+    path: str
+    secret: str
+
+
+def webhook(settings: Settings) -> Webhook | None:
+    """None in polling mode (WEBHOOK_URL unset)."""
+    config = settings.webhook
+    if config.webhook_url is None:
+        return None
+    url = config.webhook_url.strip()
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise StartupError(
+            "WEBHOOK_URL is not a web address: set it to the public HTTPS address Telegram "
+            "posts to, e.g. https://bot.example.org/telegram."
+        )
+    secret = config.webhook_secret.get_secret_value() if config.webhook_secret else ""
+    if not secret:
+        raise StartupError(
+            "WEBHOOK_SECRET is not set: webhook mode needs a secret of 1-256 letters, digits, "
+            "_ or - (e.g. `openssl rand -hex 32`)."
+        )
+    if SECRET_FORMAT.fullmatch(secret) is None:
+        # The secret itself is never printed: it is a password.
+        raise StartupError(
+            "WEBHOOK_SECRET may only hold 1-256 letters A-Z a-z, digits, _ and -: "
+            "generate one with `openssl rand -hex 32`."
+        )
+    path = config.webhook_path or parts.path or "/"
+    if not path.startswith("/"):
+        raise StartupError(f"WEBHOOK_PATH must start with /, like /telegram (not {path!r}).")
+    return Webhook(url, path, secret)
+
+
 def check(settings: Settings) -> None:
     bot_token(settings)
     engine_urls(settings)
     model_path(settings)
     access_policy(settings)
+    webhook(settings)
 
 
 def describe_invalid_settings(exc: BaseException) -> str | None:

@@ -201,6 +201,9 @@ class WebhookSettings(BaseModel):
     webhook_port: int = Field(default=8081, ge=1, le=65535)
     # The path this process serves; empty: the path of WEBHOOK_URL.
     webhook_path: str | None = None
+    # How many connections at once Telegram may open to WEBHOOK_URL (all processes together):
+    # 1..100 on api.telegram.org (40 is its default), up to 100000 on a local Bot API server.
+    webhook_max_connections: int = Field(default=40, ge=1, le=100_000)
 
     _none_when_empty = field_validator("webhook_url", "webhook_path", mode="before")(_empty_is_none)
 

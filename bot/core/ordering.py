@@ -10,6 +10,7 @@ overtake waits for every earlier ticket of that conversation to be released firs
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -21,6 +22,7 @@ class Ticket:
         self._key = key
         self._before = before
         self._released = asyncio.Event()
+        self._on_release: list[Callable[[], None]] = []
 
     async def wait(self) -> None:
         """Until every earlier update of the conversation has released its ticket."""
@@ -34,6 +36,16 @@ class Ticket:
         """Later updates may go ahead; idempotent."""
         self._released.set()
         self._owner._released(self._key, self)
+        callbacks, self._on_release = self._on_release, []
+        for callback in callbacks:
+            callback()
+
+    def on_release(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the ticket is released (at once if it already is)."""
+        if self._released.is_set():
+            callback()
+        else:
+            self._on_release.append(callback)
 
     @property
     def released(self) -> bool:

@@ -13,6 +13,7 @@ from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest, TelegramUnauthorizedError
 from aiogram.types import BotCommand, BotCommandScopeChat, BotCommandScopeDefault
 
+from bot import preflight
 from bot.core.ordering import TurnOrder
 from bot.lifecycle import Services
 from bot.preflight import StartupError, access_policy, bot_token
@@ -25,10 +26,12 @@ from bot.telegram.middlewares.database import DatabaseMiddleware
 from bot.telegram.middlewares.ordering import OrderingMiddleware
 from bot.telegram.middlewares.storage_failures import StorageFailureMiddleware
 from bot.telegram.middlewares.users import UserMiddleware
+from bot.telegram.polling import Polling, Transport
 from bot.telegram.restart import start_answering_waiting
 from bot.telegram.sender import TelegramSender
 from bot.telegram.texts import EN, RU
 from bot.telegram.typing_indicator import TypingIndicators
+from bot.telegram.webhook import WebhookServer
 
 logger = logging.getLogger(__name__)
 
@@ -113,10 +116,19 @@ async def _wait_for_telegram(bot: Bot, stop: asyncio.Event) -> bool:
     return False
 
 
+def transport_for(app: BotApp) -> Transport:
+    """Webhook mode when WEBHOOK_URL is set, long polling otherwise."""
+    settings: Settings = app.dispatcher["settings"]
+    webhook = preflight.webhook(settings)
+    if webhook is None:
+        return Polling(app.bot, app.dispatcher)
+    return WebhookServer(app.bot, app.dispatcher, webhook, settings.webhook)
+
+
 async def serve(app: BotApp, stop: asyncio.Event) -> None:
-    """Poll for updates until `stop` is set, then shut down gracefully: take no more updates,
-    stop the running replies, store and deliver what they wrote, keep the waiting messages
-    for the next start, which answers them."""
+    """Take updates (polling or webhook) until `stop` is set, then shut down gracefully: take
+    no more updates, stop the running replies, store and deliver what they wrote, keep the
+    waiting messages for the next start, which answers them."""
     bot, dispatcher = app.bot, app.dispatcher
     try:
         if not await _wait_for_telegram(bot, stop):
@@ -126,26 +138,22 @@ async def serve(app: BotApp, stop: asyncio.Event) -> None:
         except TelegramAPIError as exc:
             logger.warning("setMyCommands failed, the command menu may be stale: %s", exc)
         backlog = await start_answering_waiting(app)
-        polling = asyncio.create_task(
-            dispatcher.start_polling(
-                bot,
-                handle_signals=False,
-                close_bot_session=False,
-                allowed_updates=dispatcher.resolve_used_update_types(),
-            ),
-            name="polling",
-        )
-        stopper = asyncio.create_task(stop.wait(), name="stop")
-        await asyncio.wait({polling, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        logger.info("Shutting down")
-        if not polling.done():
-            await dispatcher.stop_polling()
-        async with app.services.sessions() as session:
-            await app.services.chat.shutdown(session, SHUTDOWN_TIMEOUT)
-        if backlog is not None:
-            await backlog
+        transport = transport_for(app)
+        try:
+            await transport.start(stop)
+            failed = asyncio.create_task(transport.failed(), name="transport")
+            stopper = asyncio.create_task(stop.wait(), name="stop")
+            await asyncio.wait({failed, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            failed.cancel()
+            logger.info("Shutting down")
+            await transport.refuse()
+            async with app.services.sessions() as session:
+                await app.services.chat.shutdown(session, SHUTDOWN_TIMEOUT)
+            if backlog is not None:
+                await backlog
+        finally:
+            await transport.close()  # re-raises if polling itself failed
         await dispatcher["typing"].close()
-        await polling  # re-raises if polling itself failed
     finally:
         await bot.session.close()

@@ -135,7 +135,9 @@ async def running_bot(
         task = asyncio.create_task(serve(app, stop))
         running = Running(tg, settings, app, model, services.db, services.sessions, stop, task)
         try:
-            await tg.wait_for(lambda: tg.calls("getUpdates"))
+            # Updates flow once the bot polls or, in webhook mode, has set its webhook.
+            ready = "setWebhook" if settings.webhook.webhook_url else "getUpdates"
+            await tg.wait_for(lambda: [c for c in tg.calls(ready) if c.status == 200])
             yield running
         finally:
             stop.set()

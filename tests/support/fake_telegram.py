@@ -16,7 +16,9 @@ Point the bot at it with ``TELEGRAM_API_URL=server.base_url`` and the token ``se
         assert "Привет" in tg.texts(42)[-1]
 
 Methods: getMe, getUpdates (long polling: offset confirms, limit, timeout, allowed_updates;
-a second poller ends the first with 409), deleteWebhook, getWebhookInfo, sendMessage,
+a second poller ends the first with 409), setWebhook, deleteWebhook, getWebhookInfo and
+webhook delivery (fake_telegram_webhook.py: secret header, retries, per-chat order, a load
+balancer over several backends, duplicate deliveries), sendMessage,
 sendMessageDraft, sendRichMessage, sendRichMessageDraft (fake_telegram_rich.py: rich
 messages, the Stop button, press_stop), editMessageText, editMessageReplyMarkup,
 deleteMessage, sendChatAction, answerCallbackQuery, setMyCommands / getMyCommands /
@@ -33,8 +35,9 @@ message can't be edited"; sendMessageDraft outside private chats "Bad Request:
 TEXTDRAFT_PEER_INVALID"; 429 "Too Many Requests: retry after N" with parameters.retry_after.
 
 ``from fake_telegram import FakeTelegram`` (tests/ is on sys.path). ``FakeTelegram(token=...,
-bot_username="domovoy_test_bot", privacy_mode=False)``; ``await start()`` returns and sets
-``base_url``, ``await stop()``, or ``async with``; ``bot_user`` is what getMe describes.
+bot_username="domovoy_test_bot", privacy_mode=False, local_bot_api=False)``; ``await start()``
+returns and sets ``base_url``, ``await stop()``, or ``async with``; ``bot_user`` is what getMe
+describes.
 
 Test controls (synchronous unless marked async):
 
@@ -117,6 +120,7 @@ from aiogram.client.telegram import TelegramAPIServer
 from aiogram.types import Update
 from aiohttp import web
 from fake_telegram_rich import RichMethods
+from fake_telegram_webhook import WebhookMethods
 
 JSON = dict[str, Any]
 T = TypeVar("T")
@@ -137,7 +141,7 @@ CHAT_ACTIONS = frozenset((
 # How the form-encoded strings aiogram sends are typed back (everything else stays a string).
 INT_FIELDS = frozenset((
     "chat_id", "message_id", "draft_id", "message_thread_id", "offset", "limit", "timeout",
-    "cache_time", "reply_to_message_id", "user_id",
+    "cache_time", "reply_to_message_id", "user_id", "max_connections",
 ))
 BOOL_FIELDS = frozenset((
     "show_alert", "drop_pending_updates", "disable_notification", "protect_content", "can_stop",
@@ -364,7 +368,7 @@ def detect_entities(text: str) -> list[JSON]:
     )
 
 
-class FakeTelegram(RichMethods):
+class FakeTelegram(RichMethods, WebhookMethods):
     """The fake Bot API server and its test controls (see the module docstring)."""
 
     def __init__(
@@ -374,6 +378,7 @@ class FakeTelegram(RichMethods):
         bot_username: str = "domovoy_test_bot",
         bot_name: str = "Домовой",
         privacy_mode: bool = False,
+        local_bot_api: bool = False,
     ) -> None:
         self.token = token
         self.bot_user: JSON = {
@@ -416,6 +421,7 @@ class FakeTelegram(RichMethods):
         self._flood_times: dict[int, deque[float]] = defaultdict(deque)
         self._flood_until: dict[int, float] = {}
         self._init_rich()
+        self._init_webhook(local_bot_api)
         # Telegram's method names are case-insensitive; each one is a `_m_<name>` method below.
         self._handlers: dict[str, Callable[[JSON], Any]] = {
             name[3:].lower(): getattr(self, name) for name in dir(self) if name.startswith("_m_")
@@ -438,6 +444,7 @@ class FakeTelegram(RichMethods):
     async def stop(self) -> None:
         self._closing = True
         self._notify()
+        await self._stop_webhook()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -817,6 +824,7 @@ class FakeTelegram(RichMethods):
         }
 
     async def _m_getUpdates(self, p: JSON) -> list[JSON]:
+        self._refuse_polling()
         offset, limit = p.get("offset"), min(max(int(p.get("limit") or 100), 1), 100)
         if "allowed_updates" in p:
             self._allowed_updates = frozenset(p["allowed_updates"] or DEFAULT_UPDATES)
@@ -835,22 +843,12 @@ class FakeTelegram(RichMethods):
                     " that only one bot instance is running",
                 )
             self._check_outage()
+            if (ended := self._poll_ended_by_webhook()) is not None:
+                raise ended
             if self._updates or self._closing or time.monotonic() >= deadline:
                 return copy.deepcopy(self._updates[:limit])
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), deadline - time.monotonic())
-
-    def _m_deleteWebhook(self, p: JSON) -> bool:
-        if p.get("drop_pending_updates"):
-            self._updates.clear()
-        return True
-
-    def _m_getWebhookInfo(self, p: JSON) -> JSON:
-        return {
-            "url": "",
-            "has_custom_certificate": False,
-            "pending_update_count": len(self._updates),
-        }
 
     def _m_sendMessage(self, p: JSON) -> JSON:
         chat = self._chat(p)

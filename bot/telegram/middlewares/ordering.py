@@ -3,6 +3,7 @@ shutdown wait for every update being handled."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from aiogram import BaseMiddleware
@@ -28,6 +29,11 @@ class OrderingMiddleware(BaseMiddleware):
                 return await handler(event, data)
             ticket = take_place(self._order, user.id, chat.id)
             data["ticket"] = ticket
+            # A webhook answers Telegram once the update's place is released: its message is
+            # stored by then (ChatService.reply), so Telegram's retry covers everything before.
+            accepted: Callable[[], None] | None = data.get("on_accepted")
+            if accepted is not None:
+                ticket.conversation.on_release(accepted)
             try:
                 return await handler(event, data)
             finally:
