@@ -17,15 +17,19 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.core.chat import ChatService
+from bot.core.coordination import Coordination, LocalCoordination, SharedCoordination
 from bot.preflight import StartupError, model_path
 from bot.settings import Settings
 from models.errors import ModelError
 from models.files.context import choose_n_ctx
 from models.runtime.chat_model import ChatModel, load_chat_model
+from storage.advisory import AdvisoryLocks
 from storage.database import create_engine, create_session_factory, migrate
 from storage.errors import StorageError
 
 logger = logging.getLogger(__name__)
+
+WAIT_POLL = 0.1  # seconds between looks whether an earlier message of a chat was answered
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,21 @@ async def _open_database(settings: Settings) -> AsyncEngine:
     return db
 
 
+async def _open_coordination(
+    db: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+) -> Coordination:
+    """PostgreSQL: several bot processes may share the database (advisory locks on a
+    connection of this process's own). SQLite: this process only."""
+    if db.dialect.name != "postgresql":
+        return LocalCoordination()
+    coordination = SharedCoordination(AdvisoryLocks(db), sessions, poll=WAIT_POLL)
+    try:
+        await coordination.open()
+    except (SQLAlchemyError, OSError) as exc:
+        raise StartupError(f"The database cannot hold this process's locks: {exc}") from exc
+    return coordination
+
+
 @contextlib.asynccontextmanager
 async def open_services(
     settings: Settings, *, model: ChatModel | None = None, log_text: bool | None = None
@@ -83,12 +102,15 @@ async def open_services(
             logger.info("Loading the model %s", settings.model.model_path)
             model = await asyncio.to_thread(load_model, settings)
             stack.push_async_callback(model.close)
+        sessions = create_session_factory(db)
+        coordination = await _open_coordination(db, sessions)
+        stack.push_async_callback(coordination.close)
         chat = ChatService(
             model,
             system_prompt=settings.model.system_prompt,
             log_text=settings.log_message_text if log_text is None else log_text,
+            coordination=coordination,
         )
-        sessions = create_session_factory(db)
         async with sessions() as session:
             await chat.keep_interrupted_replies(session)
         yield Services(db, sessions, model, chat)

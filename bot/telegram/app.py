@@ -24,9 +24,11 @@ from bot.telegram.middlewares.access import AccessMiddleware
 from bot.telegram.middlewares.database import DatabaseMiddleware
 from bot.telegram.middlewares.ordering import OrderingMiddleware
 from bot.telegram.middlewares.storage_failures import StorageFailureMiddleware
+from bot.telegram.middlewares.updates import UpdateOnceMiddleware
 from bot.telegram.middlewares.users import UserMiddleware
 from bot.telegram.restart import start_answering_waiting
 from bot.telegram.sender import TelegramSender
+from bot.telegram.sweep import Sweeper
 from bot.telegram.texts import EN, RU
 from bot.telegram.typing_indicator import TypingIndicators
 
@@ -64,6 +66,8 @@ def build_app(settings: Settings, services: Services, bot: Bot | None = None) ->
     # The ordering middleware must come first: it takes each update's place in line.
     dispatcher.update.outer_middleware(OrderingMiddleware(TurnOrder(), services.chat))
     dispatcher.update.outer_middleware(StorageFailureMiddleware())
+    if services.chat.coordination.shared:
+        dispatcher.update.outer_middleware(UpdateOnceMiddleware(services.sessions, services.chat))
     dispatcher.update.outer_middleware(AccessMiddleware(access, services.sessions))
     dispatcher.update.outer_middleware(DatabaseMiddleware(services.sessions))
     dispatcher.update.outer_middleware(UserMiddleware())
@@ -126,6 +130,10 @@ async def serve(app: BotApp, stop: asyncio.Event) -> None:
         except TelegramAPIError as exc:
             logger.warning("setMyCommands failed, the command menu may be stale: %s", exc)
         backlog = await start_answering_waiting(app)
+        # With several processes, the work of a gone one is picked up by the others.
+        sweeper = Sweeper(app) if app.services.chat.coordination.shared else None
+        if sweeper is not None:
+            sweeper.start()
         polling = asyncio.create_task(
             dispatcher.start_polling(
                 bot,
@@ -141,6 +149,8 @@ async def serve(app: BotApp, stop: asyncio.Event) -> None:
         logger.info("Shutting down")
         if not polling.done():
             await dispatcher.stop_polling()
+        if sweeper is not None:
+            await sweeper.close()
         async with app.services.sessions() as session:
             await app.services.chat.shutdown(session, SHUTDOWN_TIMEOUT)
         if backlog is not None:
