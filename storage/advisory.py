@@ -83,6 +83,8 @@ class AdvisoryLocks:
         return bool(await self._scalar(f"SELECT pg_try_advisory_lock({sql})", params))
 
     async def unlock(self, key: LockKey) -> None:
+        if self._conn is None:
+            return  # the connection is gone, and every lock with it
         sql, params = _args(key)
         if not await self._scalar(f"SELECT pg_advisory_unlock({sql})", params):
             logger.warning("an advisory lock was released that was not held")
