@@ -256,16 +256,24 @@ async def test_a_killed_process_leaves_a_partial_reply_and_its_messages_to_the_o
     await pair.a.sweeper.close()
     await pair.a.coordination.abandon()
 
-    def settled() -> bool:
-        return "echo: второй" in pair.b.bot.recorder.texts(OWNER)
-
-    await eventually(settled, 5)
+    # A new message of the chat, to the live process: the dead one's waiting message is
+    # older, so it is answered first (adopted at once, not at the next sweep).
+    pair.b.sweeper._every = 60.0
+    await pair.b.feed(text_update(OWNER, "третий"))
+    assert pair.b.bot.recorder.texts(OWNER) == ["echo: второй", "echo: третий"]
     history = await pair.history(OWNER)
     assert [(r.role, r.text, r.status) for r in history] == [
         ("user", "первый", "complete"),
         ("bot", "", "partial"),  # nothing saved yet: the kill came before the first checkpoint
         ("user", "второй", "complete"),
+        ("user", "третий", "complete"),
         ("bot", "echo: второй", "complete"),
+        ("bot", "echo: третий", "complete"),
+    ]
+    assert [text for event, text in pair.log if event == "start"] == [
+        "первый",
+        "второй",
+        "третий",
     ]
     for task in (running, queued):  # the dead process's tasks are gone with it
         task.cancel()
