@@ -18,15 +18,21 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.core.chat import ChatService
+from bot.core.coordination import Coordination, LocalCoordination, SharedCoordination
 from bot.preflight import StartupError, engine_urls, model_path
 from bot.settings import Settings
+from models.engines import SlotLedger
 from models.errors import ModelError
 from models.files.context import choose_n_ctx
 from models.runtime.chat_model import ChatModel, load_chat_model
+from storage.advisory import AdvisoryLocks
 from storage.database import create_engine, create_session_factory, migrate
 from storage.errors import StorageError
+from storage.slot_ledger import PostgresSlotLedger
 
 logger = logging.getLogger(__name__)
+
+WAIT_POLL = 0.1  # seconds between looks whether an earlier message of a chat was answered
 
 
 @dataclass(frozen=True)
@@ -57,8 +63,9 @@ def load_model(settings: Settings) -> ChatModel:
         raise StartupError(str(exc)) from exc
 
 
-async def load_remote(settings: Settings) -> ChatModel:
-    """ENGINE=remote: the model file's vocabulary here, the replies from ENGINE_URLS."""
+async def load_remote(settings: Settings, ledger: SlotLedger | None = None) -> ChatModel:
+    """ENGINE=remote: the model file's vocabulary here, the replies from ENGINE_URLS.
+    `ledger`: which conversation each server slot served last (default: this process's)."""
     from models.remote.loader import RemoteConfig, load_remote_model
 
     engine = settings.engine
@@ -82,16 +89,29 @@ async def load_remote(settings: Settings) -> ChatModel:
         window_low_watermark=settings.model.window_low_watermark,
     )
     try:
-        return await load_remote_model(config)
+        return await load_remote_model(config, ledger)
     except ModelError as exc:
         raise StartupError(str(exc)) from exc
 
 
-async def load_any_model(settings: Settings) -> ChatModel:
+async def load_any_model(settings: Settings, ledger: SlotLedger | None = None) -> ChatModel:
     """The model for ENGINE: loaded into this process, or reached on remote servers."""
     if settings.engine.engine == "remote":
-        return await load_remote(settings)
+        return await load_remote(settings, ledger)
     return await asyncio.to_thread(load_model, settings)
+
+
+async def _open_slot_ledger(settings: Settings, db: AsyncEngine) -> PostgresSlotLedger | None:
+    """Several bot processes on one PostgreSQL share the remote servers' slots: which
+    conversation each slot served last is kept in the database, not in one process."""
+    if settings.engine.engine != "remote" or db.dialect.name != "postgresql":
+        return None
+    ledger = PostgresSlotLedger(db)
+    try:
+        await ledger.open()
+    except (SQLAlchemyError, OSError) as exc:
+        raise StartupError(f"The database cannot hold this process's locks: {exc}") from exc
+    return ledger
 
 
 async def _open_database(settings: Settings) -> AsyncEngine:
@@ -109,6 +129,21 @@ async def _open_database(settings: Settings) -> AsyncEngine:
     return db
 
 
+async def _open_coordination(
+    db: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+) -> Coordination:
+    """PostgreSQL: several bot processes may share the database (advisory locks on a
+    connection of this process's own). SQLite: this process only."""
+    if db.dialect.name != "postgresql":
+        return LocalCoordination()
+    coordination = SharedCoordination(AdvisoryLocks(db), sessions, poll=WAIT_POLL)
+    try:
+        await coordination.open()
+    except (SQLAlchemyError, OSError) as exc:
+        raise StartupError(f"The database cannot hold this process's locks: {exc}") from exc
+    return coordination
+
+
 @contextlib.asynccontextmanager
 async def open_services(
     settings: Settings, *, model: ChatModel | None = None, log_text: bool | None = None
@@ -118,15 +153,21 @@ async def open_services(
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(db.dispose)
         if model is None:
+            ledger = await _open_slot_ledger(settings, db)
+            if ledger is not None:
+                stack.push_async_callback(ledger.close)
             logger.info("Loading the model %s", settings.model.model_path)
-            model = await load_any_model(settings)
+            model = await load_any_model(settings, ledger)
             stack.push_async_callback(model.close)
+        sessions = create_session_factory(db)
+        coordination = await _open_coordination(db, sessions)
+        stack.push_async_callback(coordination.close)
         chat = ChatService(
             model,
             system_prompt=settings.model.system_prompt,
             log_text=settings.log_message_text if log_text is None else log_text,
+            coordination=coordination,
         )
-        sessions = create_session_factory(db)
         async with sessions() as session:
             await chat.keep_interrupted_replies(session)
         yield Services(db, sessions, model, chat)

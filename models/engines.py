@@ -29,6 +29,11 @@ class GenerationHandle(Protocol):
     @property
     def cancelled(self) -> bool: ...
 
+    @property
+    def waiting_for_server(self) -> asyncio.Event:
+        """Set while no engine server is up (ENGINE=remote): the reply waits for one."""
+        ...
+
     def cancel(self) -> None:
         """Stop soon; the text produced so far stays in the result."""
         ...

@@ -124,3 +124,58 @@ class UsernameBinding(Base):
     bound_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_username_bindings_user_id", "user_id"),)
+
+
+class ProcessedUpdate(Base):
+    """A Telegram update some bot process took on: delivered again (to another process, or
+    after a restart) it is dropped. Pruned after a day, longer than Telegram retries."""
+
+    __tablename__ = "processed_updates"
+
+    update_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_processed_updates_seen_at", "seen_at"),)
+
+
+class ReceivedMessage(Base):
+    """The Telegram message a user message was stored from: the key makes a second store of
+    the same message fail in the database, whichever process tries it."""
+
+    __tablename__ = "received_messages"
+
+    chat_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    telegram_message_id: Mapped[int] = mapped_column(
+        BigInteger, primary_key=True, autoincrement=False
+    )
+    message_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("messages.id", ondelete="CASCADE")
+    )
+
+    __table_args__ = (Index("ix_received_messages_message_id", "message_id"),)
+
+
+class StopRequest(Base):
+    """/stop or the Stop button, for the process that runs the reply: replies to messages up
+    to `up_to_message_id` of the user in that chat end."""
+
+    __tablename__ = "stop_requests"
+
+    id: Mapped[int] = mapped_column(SurrogateId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    chat_id: Mapped[int] = mapped_column(BigInteger)
+    up_to_message_id: Mapped[int] = mapped_column(BigInteger)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class EngineSlot(Base):
+    """Which conversation a remote server's slot last served (its cells hold that prompt)."""
+
+    __tablename__ = "engine_slots"
+
+    server: Mapped[str] = mapped_column(ExactText, primary_key=True)
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    owner: Mapped[str | None] = mapped_column(ExactText)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_engine_slots_owner", "owner"),)

@@ -686,7 +686,8 @@ async def test_migrate_builds_an_empty_database_and_is_idempotent(url: str) -> N
             "WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name)",
         )
         assert tables == (
-            "alembic_version,conversations,messages,telegram_messages,username_bindings,users"
+            "alembic_version,conversations,engine_slots,messages,processed_updates,"
+            "received_messages,stop_requests,telegram_messages,username_bindings,users"
         )
     finally:
         await engine.dispose()

@@ -22,21 +22,17 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from bot.core.answering import CHECKPOINT_EVERY, TurnAnswering
+from bot.core.coordination import Coordination, LocalCoordination
 from bot.core.in_flight import ActiveReply, Cut, RepliesInFlight
 from bot.core.ordering import Place
-from bot.core.reasoning import answer_of
-from bot.core.turn import Outcome, ReplySink, Turn, conversation_key, state_key, to_turns
+from bot.core.turn import Outcome, ReplySink, Turn, conversation_key, state_key
 from bot.core.turn_writer import TurnWriter
-from models.engines import GenerationHandle
-from models.prompt.window import WindowResult
 from models.runtime.chat_model import ChatModel
-from models.runtime.generation import GenerationResult
 from storage.database import checkpoint
-from storage.errors import StorageError
-from storage.records import MessageRecord, Status, StorageStats, UserRecord
+from storage.records import MessageRecord, StorageStats, UserRecord
 from storage.repositories import (
     ConversationRepository,
     MessageRepository,
@@ -46,13 +42,20 @@ from storage.repositories import (
 
 logger = logging.getLogger(__name__)
 
-STATUS_POLL = 1.0
-CHECKPOINT_EVERY = 5.0  # seconds between saves of a reply that is still being written
+__all__ = ["CHECKPOINT_EVERY", "ChatService"]
 
 
-class ChatService:
-    def __init__(self, model: ChatModel, *, system_prompt: str | None, log_text: bool) -> None:
+class ChatService(TurnAnswering):
+    def __init__(
+        self,
+        model: ChatModel,
+        *,
+        system_prompt: str | None,
+        log_text: bool,
+        coordination: Coordination | None = None,
+    ) -> None:
         self.model = model
+        self.coordination = coordination or LocalCoordination()
         self.default_system_prompt = system_prompt or model.default_system_prompt
         self.started_at = time.monotonic()
         self._log_text = log_text
@@ -141,6 +144,23 @@ class ChatService:
         """Cancel the user's running and queued replies in that chat; False if there were none."""
         return self._replies.cancel(conversation_key(user_id, chat_id), Cut.STOPPED)
 
+    async def stop_everywhere(self, session: AsyncSession, user_id: int, chat_id: int) -> bool:
+        """`stop` here and, with several processes, in the one that runs the reply: False if
+        no process had a reply running or waiting in that chat."""
+        here = self.stop(user_id, chat_id)
+        elsewhere = await self.coordination.record_stop(session, user_id, chat_id)
+        return here or elsewhere
+
+    async def apply_remote_stops(self) -> None:
+        """Stops asked for in any process end the replies here to messages stored before."""
+        for stop in await self.coordination.new_stops():
+            key = conversation_key(stop.user_id, stop.chat_id)
+            self._replies.cancel(key, Cut.STOPPED, up_to=stop.up_to_message_id)
+
+    async def first_delivery(self, session: AsyncSession, update_id: int) -> bool:
+        """False for an update some process (this one included) has taken on already."""
+        return await self.coordination.first_delivery(session, update_id)
+
     async def forget(self, session: AsyncSession, user_id: int) -> None:
         # Every chat the user ever talked in, also before a restart: their kept model states
         # (files included) go with the text.
@@ -182,6 +202,7 @@ class ChatService:
         """Store the message (after every earlier message of the conversation: `ticket`),
         then answer it. A message accepted while the bot shuts down is kept for the restart."""
         with self._replies.register(turn.key, turn.user.id) as active:
+            active.chat_id = turn.chat_id
             writer = self._writer(session, active)
             try:
                 if ticket is not None:
@@ -199,18 +220,19 @@ class ChatService:
             return await self._answer(session, writer, active, turn.user, stored, sink)
 
     async def keep_interrupted_replies(self, session: AsyncSession) -> None:
-        """At start: replies a killed process left `pending` are kept as `partial`."""
-        count = await MessageRepository(session).mark_pending_as_partial()
+        """At start (and, with several processes, in every sweep): replies a killed process
+        left `pending` are kept as `partial`; never a reply a live process is writing."""
+        count = await self.coordination.keep_interrupted(session)
         await session.commit()
         if count:
-            logger.warning("Kept %d interrupted replies from the last run as partial", count)
+            logger.warning("Kept %d interrupted replies of a gone process as partial", count)
 
     async def waiting_messages(
         self, session: AsyncSession
     ) -> list[tuple[MessageRecord, UserRecord, int]]:
-        """(message, its user, chat id) a previous run accepted and never answered, oldest
-        first."""
-        return await MessageRepository(session).unanswered()
+        """(message, its user, chat id) a previous run (or a gone process) accepted and never
+        answered, oldest first; with several processes, claimed for this one to answer."""
+        return await self.coordination.adopt_waiting(session)
 
     async def answer_waiting(
         self,
@@ -222,141 +244,14 @@ class ChatService:
     ) -> Outcome:
         """Answer a message a previous run accepted but did not answer."""
         with self._replies.register(conversation_key(user.id, chat_id), user.id) as active:
+            active.chat_id = chat_id
             active.message_id = message.id
             writer = self._writer(session, active)
             return await self._answer(session, writer, active, user, message, sink)
 
     def _writer(self, session: AsyncSession, active: ActiveReply) -> TurnWriter:
-        return TurnWriter(session, active, self._replies.user_lock(active.user_id), self.model.name)
-
-    async def _answer(
-        self,
-        session: AsyncSession,
-        writer: TurnWriter,
-        active: ActiveReply,
-        user: UserRecord,
-        message: MessageRecord,
-        sink: ReplySink,
-    ) -> Outcome:
-        async with self._replies.turn(active.key) as my_turn:
-            if active.cut is Cut.STOPPED:
-                return Outcome(stopped=True)
-            if active.forgotten:
-                return Outcome(forgotten=True)
-            if not my_turn:
-                await writer.mark_waiting(message.id)
-                return Outcome(waiting=self._replies.first_to_wait(active.key))
-            history = await MessageRepository(session).history(message.conversation_id)
-            # Read again: a /system sent while this reply waited applies to it.
-            current = await UserRepository(session).get(user.id) or user
-            window = self.model.build_prompt(
-                self.system_prompt_for(current), to_turns(history, message.id), key=active.key
-            )
-            reply_id = await writer.open_reply(message.conversation_id)
-            if reply_id is None:
-                return Outcome(forgotten=True)
-            return await self._generate(writer, active, window, message, reply_id, sink)
-
-    async def _generate(
-        self,
-        writer: TurnWriter,
-        active: ActiveReply,
-        window: WindowResult,
-        message: MessageRecord,
-        reply_id: int,
-        sink: ReplySink,
-    ) -> Outcome:
-        generation = self.model.engine.submit(
-            window.tokens,
-            max_new_tokens=window.max_new_tokens,
-            key=f"{active.key}:{message.conversation_id}",  # turn.state_key
-        )
-        active.generation = generation
-        if active.cut is not None:
-            generation.cancel()
-        try:
-            await self._wait_for_start(generation, sink)
-            saved_at = time.monotonic()
-            async for delta in generation.stream():
-                if active.forgotten:
-                    break
-                active.streamed += delta
-                await sink.update(active.streamed)
-                if time.monotonic() - saved_at >= CHECKPOINT_EVERY:
-                    # Even a kill -9 then leaves most of a long reply in the database.
-                    await writer.save_reply(
-                        message, reply_id, active.streamed, "pending", shown_in=sink.message_ids
-                    )
-                    saved_at = time.monotonic()
-            result = await generation.result()
-        except asyncio.CancelledError:
-            generation.cancel()
-            await asyncio.shield(writer.save_reply(message, reply_id, active.streamed, "partial"))
-            raise
-        except (SQLAlchemyError, StorageError):
-            generation.cancel()  # a failing database is the front end's to report, not the model
-            raise
-        except Exception:
-            logger.exception("generation failed")
-            await writer.save_reply(message, reply_id, active.streamed, "failed")
-            return Outcome(answer_of(active.streamed), "failed", reply_id, failed=True)
-        if active.forgotten:
-            # The user deleted everything, this reply's rows included: store and show nothing.
-            return Outcome(forgotten=True)
-        status: Status = "complete" if result.finish_reason in ("stop", "length") else "partial"
-        await writer.save_reply(message, reply_id, result.text, status, result.n_tokens)
-        self._note_speed(status, result)
-        if active.cut is Cut.SHUTDOWN and not answer_of(result.text).strip():
-            await writer.mark_waiting(message.id)  # nothing written yet: the restart answers
-            return Outcome(waiting=self._replies.first_to_wait(active.key))
-        return Outcome(
-            answer_of(result.text),  # as stored: the reasoning is not part of the reply
-            status,
-            reply_id,
-            stopped=status == "partial" and active.cut is Cut.STOPPED,
-            interrupted=status == "partial" and active.cut is Cut.SHUTDOWN,
-            cut=result.finish_reason == "cut",
-            truncated=window.truncated_last,
-            start_forgotten=self._first_time_forgotten(window, message.conversation_id),
-            n_tokens=result.n_tokens,
-        )
-
-    def _first_time_forgotten(self, window: WindowResult, conversation_id: int) -> bool:
-        """The conversation's start dropped out of the window: said once per conversation."""
-        if not window.dropped_turns or conversation_id in self._told_forgotten:
-            return False
-        self._told_forgotten.add(conversation_id)
-        return True
-
-    async def _wait_for_start(self, generation: GenerationHandle, sink: ReplySink) -> None:
-        shown: int | None = None
-        no_server = getattr(generation, "waiting_for_server", None)  # ENGINE=remote only
-        while not generation.started.is_set():
-            if no_server is not None and no_server.is_set() and shown != -1:
-                await sink.show_engine_wait()  # once: nothing to count while no server answers
-                shown = -1
-            ahead = generation.position - 1
-            if ahead >= 1 and ahead != shown:
-                await sink.show_queue(ahead)
-                shown = ahead
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(generation.started.wait(), STATUS_POLL)
-        if shown is not None and not generation.cancelled:
-            # Replace the stale queue place: reading a long prompt can take minutes on a CPU.
-            await sink.show_your_turn()
-
-    def _note_speed(self, status: Status, result: GenerationResult) -> None:
-        if result.n_tokens and result.generation_seconds > 0:
-            self._speeds.append(result.tokens_per_second)
-        logger.info(
-            "reply %s: %d prompt tokens (%d evaluated in %.1f s), %d new at %.1f tok/s",
-            status,
-            result.n_prompt,
-            result.n_prompt_evaluated,
-            result.prompt_seconds,
-            result.n_tokens,
-            result.tokens_per_second,
-        )
+        lock = self._replies.user_lock(active.user_id)
+        return TurnWriter(session, active, lock, self.model.name, self.coordination)
 
     # The engine keeps each conversation's model state under its key.
 

@@ -24,6 +24,7 @@ class ActiveReply:
     def __init__(self, key: str, user_id: int) -> None:
         self.key = key
         self.user_id = user_id
+        self.chat_id = 0  # set by the chat service; the key names the chat as well
         self.cut: Cut | None = None
         self.generation: GenerationHandle | None = None
         self.message_id: int | None = None  # the stored message it answers
@@ -131,8 +132,12 @@ class RepliesInFlight:
     def user_lock(self, user_id: int) -> asyncio.Lock:
         return self._user_locks[user_id]
 
-    def cancel(self, key: str, why: Cut) -> bool:
+    def cancel(self, key: str, why: Cut, up_to: int | None = None) -> bool:
+        """`up_to`: only replies to messages stored up to that id (a stop from another
+        process reaches replies that were running or waiting when it was asked)."""
         replies = self._active.get(key, [])
+        if up_to is not None:
+            replies = [r for r in replies if r.message_id is not None and r.message_id <= up_to]
         for reply in replies:
             reply.cancel(why)
         return bool(replies)

@@ -11,6 +11,7 @@ import asyncio
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.core.coordination import Coordination
 from bot.core.in_flight import ActiveReply
 from bot.core.reasoning import answer_of
 from bot.core.turn import Turn
@@ -20,12 +21,18 @@ from storage.repositories import ConversationRepository, MessageRepository
 
 class TurnWriter:
     def __init__(
-        self, session: AsyncSession, active: ActiveReply, user_lock: asyncio.Lock, model: str
+        self,
+        session: AsyncSession,
+        active: ActiveReply,
+        user_lock: asyncio.Lock,
+        model: str,
+        coordination: Coordination,
     ) -> None:
         self._session = session
         self._active = active
         self._lock = user_lock
         self._model = model
+        self._shared = coordination
 
     async def store_message(self, turn: Turn, n_tokens: int) -> MessageRecord | None:
         """The user's message, committed before anything can go wrong: what the user typed is
@@ -46,10 +53,23 @@ class TurnWriter:
                 conversation.id,
                 "user",
                 turn.text,
+                status=self._shared.stored_status,
                 n_tokens=n_tokens,
                 telegram_message_ids=[turn.telegram_id] if turn.telegram_id is not None else [],
             )
-            await self._session.commit()
+            # The key decides, not the look-up above: another process may store it right now.
+            if turn.telegram_id is not None and not await self._shared.received(
+                self._session, turn.chat_id, turn.telegram_id, record.id
+            ):
+                await self._session.rollback()
+                return None
+            # Claimed before the row is visible: no other process may take it for an orphan.
+            await self._shared.claim(record.id)
+            try:
+                await self._session.commit()
+            except BaseException:
+                await self._shared.release(record.id)
+                raise
         return record
 
     async def mark_waiting(self, message_id: int) -> None:
@@ -59,15 +79,23 @@ class TurnWriter:
                 await MessageRepository(self._session).update(message_id, status="pending")
                 await self._session.commit()
 
-    async def open_reply(self, conversation_id: int) -> int | None:
-        """The reply's row exists before generation starts, so a crash leaves it `partial`."""
+    async def open_reply(self, conversation_id: int, question_id: int) -> int | None:
+        """The reply's row exists before generation starts, so a crash leaves it `partial`.
+        It is claimed by this process until it ends (`pending` rows of gone processes are
+        kept as `partial` by the others), and its question waits no more."""
         async with self._lock:
             if self._active.forgotten:
                 return None
             row = await MessageRepository(self._session).add(
                 conversation_id, "bot", "", status="pending", model=self._model
             )
-            await self._session.commit()
+            await self._shared.claim(row.id)
+            try:
+                await self._shared.opened(self._session, question_id)
+                await self._session.commit()
+            except BaseException:
+                await self._shared.release(row.id)
+                raise
         return row.id
 
     async def save_reply(

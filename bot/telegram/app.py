@@ -25,10 +25,12 @@ from bot.telegram.middlewares.access import AccessMiddleware
 from bot.telegram.middlewares.database import DatabaseMiddleware
 from bot.telegram.middlewares.ordering import OrderingMiddleware
 from bot.telegram.middlewares.storage_failures import StorageFailureMiddleware
+from bot.telegram.middlewares.updates import UpdateOnceMiddleware
 from bot.telegram.middlewares.users import UserMiddleware
 from bot.telegram.polling import Polling, Transport
 from bot.telegram.restart import start_answering_waiting
 from bot.telegram.sender import TelegramSender
+from bot.telegram.sweep import Sweeper
 from bot.telegram.texts import EN, RU
 from bot.telegram.typing_indicator import TypingIndicators
 from bot.telegram.webhook import WebhookServer
@@ -67,6 +69,8 @@ def build_app(settings: Settings, services: Services, bot: Bot | None = None) ->
     # The ordering middleware must come first: it takes each update's place in line.
     dispatcher.update.outer_middleware(OrderingMiddleware(TurnOrder(), services.chat))
     dispatcher.update.outer_middleware(StorageFailureMiddleware())
+    if services.chat.coordination.shared:
+        dispatcher.update.outer_middleware(UpdateOnceMiddleware(services.sessions, services.chat))
     dispatcher.update.outer_middleware(AccessMiddleware(access, services.sessions))
     dispatcher.update.outer_middleware(DatabaseMiddleware(services.sessions))
     dispatcher.update.outer_middleware(UserMiddleware())
@@ -139,8 +143,12 @@ async def serve(app: BotApp, stop: asyncio.Event) -> None:
             logger.warning("setMyCommands failed, the command menu may be stale: %s", exc)
         backlog = await start_answering_waiting(app)
         transport = transport_for(app)
+        # With several processes, the work of a gone one is picked up by the others.
+        sweeper = Sweeper(app) if app.services.chat.coordination.shared else None
         try:
             await transport.start(stop)
+            if sweeper is not None:
+                sweeper.start()
             failed = asyncio.create_task(transport.failed(), name="transport")
             stopper = asyncio.create_task(stop.wait(), name="stop")
             await asyncio.wait({failed, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -148,11 +156,15 @@ async def serve(app: BotApp, stop: asyncio.Event) -> None:
             failed.cancel()
             logger.info("Shutting down")
             await transport.refuse()
+            if sweeper is not None:
+                await sweeper.close()
             async with app.services.sessions() as session:
                 await app.services.chat.shutdown(session, SHUTDOWN_TIMEOUT)
             if backlog is not None:
                 await backlog
         finally:
+            if sweeper is not None:
+                await sweeper.close()
             await transport.close()  # re-raises if polling itself failed
         await dispatcher["typing"].close()
     finally:

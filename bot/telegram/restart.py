@@ -32,7 +32,7 @@ async def start_answering_waiting(app: BotApp) -> asyncio.Task[None] | None:
     if not waiting:
         return None
     logger.info("Answering %d messages left from the last run", len(waiting))
-    tasks = [asyncio.create_task(_answer_logged(app, *item)) for item in waiting]
+    tasks = [asyncio.create_task(answer_logged(app, *item)) for item in waiting]
     await asyncio.sleep(0)  # let each take its place in line before any update arrives
     return asyncio.create_task(_gather(tasks))
 
@@ -47,7 +47,8 @@ async def _gather(tasks: list[asyncio.Task[None]]) -> None:
     await asyncio.gather(*tasks)
 
 
-async def _answer_logged(app: BotApp, message: MessageRecord, user: UserRecord, chat: int) -> None:
+async def answer_logged(app: BotApp, message: MessageRecord, user: UserRecord, chat: int) -> None:
+    """Answer a message accepted earlier (by this process, or by one that is gone)."""
     try:
         await _answer_one(app, message, user, chat)
     except (TelegramAPIError, SQLAlchemyError, StorageError, ModelError) as exc:

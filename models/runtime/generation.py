@@ -57,6 +57,7 @@ class Generation:
         self.max_new_tokens = max_new_tokens
         self.logits_processor = logits_processor
         self.started = asyncio.Event()
+        self.waiting_for_server = asyncio.Event()  # never set: the model is in this process
         self.token_steps: list[int] = []  # the decode step each token was sampled after
         self._engine = engine
         self._loop = asyncio.get_running_loop()

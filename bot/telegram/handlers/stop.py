@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiogram import Router
 from aiogram.filters import Command
 from aiogram.types import Message
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.core.chat import ChatService
 from bot.telegram.texts import Texts
@@ -12,9 +13,14 @@ from storage.records import UserRecord
 
 
 async def on_stop(
-    message: Message, user: UserRecord, texts: Texts, chat_service: ChatService
+    message: Message,
+    session: AsyncSession,
+    user: UserRecord,
+    texts: Texts,
+    chat_service: ChatService,
 ) -> None:
-    if chat_service.stop(user.id, message.chat.id):
+    # With several bot processes the reply may run in another one: it reads the stop there.
+    if await chat_service.stop_everywhere(session, user.id, message.chat.id):
         # The reply itself ends with a "stopped" mark; this confirms the command.
         await message.answer(texts.stop_done)
     else:

@@ -1,0 +1,81 @@
+"""Migration 0004 on SQLite and PostgreSQL: an existing database keeps its rows, gains the
+tables of several processes, and goes back to 0003 cleanly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from sqlalchemy.exc import IntegrityError
+
+from storage.database import alembic_config, create_engine, create_session_factory, migrate
+from storage.repositories import ConversationRepository, MessageRepository, UserRepository
+from storage.repositories.shared import ReceivedRepository, UpdateRepository
+
+POSTGRES_URL = os.environ.get("DOMOVOY_TEST_POSTGRES_URL")
+
+
+def _downgrade(connection: sa.Connection, revision: str) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.downgrade(config, revision)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'domovoy.db'}"
+    if not POSTGRES_URL:
+        pytest.skip("set DOMOVOY_TEST_POSTGRES_URL=postgresql+asyncpg://... (wiped) to run")
+    engine = create_engine(POSTGRES_URL)
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql("DROP SCHEMA IF EXISTS public CASCADE")
+        await conn.exec_driver_sql("CREATE SCHEMA public")
+    await engine.dispose()
+    return POSTGRES_URL
+
+
+async def test_0004_keeps_rows_and_adds_the_shared_tables(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        await migrate(engine, "0003")
+        sessions = create_session_factory(engine)
+        async with sessions() as session:
+            await UserRepository(session).upsert(
+                7, username="u", first_name="И", language_code="ru"
+            )
+            conversation = await ConversationRepository(session).current(7, 7)
+            old = await MessageRepository(session).add(
+                conversation.id, "user", "до обновления", telegram_message_ids=[5]
+            )
+            await session.commit()
+        await migrate(engine)
+        async with sessions() as session:
+            assert await MessageRepository(session).history(conversation.id) == [old]
+            assert await UpdateRepository(session).record(100)
+            assert not await UpdateRepository(session).record(100)
+            received = ReceivedRepository(session)
+            assert await received.record(7, 5, old.id)
+            assert not await received.record(7, 5, old.id)  # the key refuses a second one
+            await session.commit()
+        async with engine.connect() as conn:
+            with pytest.raises(IntegrityError):  # a message that does not exist
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO received_messages (chat_id, telegram_message_id, "
+                        "message_id) VALUES (1, 1, 999999)"
+                    )
+                )
+                await conn.commit()
+        async with engine.connect() as conn:
+            await conn.run_sync(_downgrade, "0003")
+            await conn.commit()
+        async with engine.connect() as conn:
+            tables = await conn.run_sync(lambda c: sa.inspect(c).get_table_names())
+        assert "processed_updates" not in tables and "engine_slots" not in tables
+        assert "messages" in tables
+    finally:
+        await engine.dispose()

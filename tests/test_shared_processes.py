@@ -1,0 +1,280 @@
+"""Two complete bot stacks (services, Dispatcher, middlewares, chat core, sweep) on one
+PostgreSQL database, as two bot processes behind a load balancer would be: each has its own
+database engine and its own advisory-lock connection; they share nothing in memory. Fed with
+`feed_update` like the fast tier. Skipped without DOMOVOY_TEST_POSTGRES_URL (CI sets it)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_model import FakeChatModel, FakeEngine, FakeGeneration
+from mocked_bot import MockedBot, text_update
+
+from bot.core.coordination import SharedCoordination
+from bot.lifecycle import Services, open_services
+from bot.settings import Settings
+from bot.telegram.app import BotApp, build_app
+from bot.telegram.sweep import Sweeper
+from bot.telegram.texts import RU
+from storage.database import create_engine
+from storage.records import MessageRecord
+from storage.repositories import ConversationRepository, MessageRepository
+
+POSTGRES_URL = os.environ.get("DOMOVOY_TEST_POSTGRES_URL")
+pytestmark = pytest.mark.skipif(
+    not POSTGRES_URL, reason="set DOMOVOY_TEST_POSTGRES_URL=postgresql+asyncpg://... (wiped)"
+)
+OWNER, FRIEND = 2001, 2002
+
+
+@dataclass
+class LoggingEngine(FakeEngine):
+    """Writes ("start"|"end", message) to a log shared by both stacks, a little slowly, so
+    two replies of one chat written at once would show as overlapping."""
+
+    log: list[tuple[str, str]] = field(default_factory=list)
+
+    def submit(
+        self, prompt: list[int], *, max_new_tokens: int, key: str | None = None, **_: Any
+    ) -> FakeGeneration:
+        generation = super().submit(prompt, max_new_tokens=max_new_tokens, key=key)
+        question = "".join(chr(token) for token in prompt).rsplit("|", 1)[-1]
+        inner = generation.stream
+
+        async def stream() -> AsyncIterator[str]:
+            self.log.append(("start", question))
+            async for piece in inner():
+                await asyncio.sleep(0.01)
+                yield piece
+            self.log.append(("end", question))
+
+        generation.stream = stream  # type: ignore[method-assign]
+        return generation
+
+
+@dataclass
+class Stack:
+    app: BotApp
+    bot: MockedBot
+    model: FakeChatModel
+    services: Services
+    sweeper: Sweeper
+
+    async def feed(self, update: Any) -> None:
+        await self.app.dispatcher.feed_update(self.bot, update)
+
+    @property
+    def coordination(self) -> SharedCoordination:
+        coordination = self.services.chat.coordination
+        assert isinstance(coordination, SharedCoordination)
+        return coordination
+
+
+def settings_for(data_dir: Path) -> Settings:
+    return Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        bot_token="42:TEST-TOKEN-FOR-THE-FAST-TIER-0123456789",
+        allowed_users=[str(OWNER), str(FRIEND)],
+        data_dir=data_dir,
+        database_url=POSTGRES_URL,
+        stream_edit_interval=0.01,
+        use_rich_messages=False,
+    )
+
+
+async def wipe() -> None:
+    assert POSTGRES_URL
+    engine = create_engine(POSTGRES_URL)
+    try:
+        async with engine.begin() as conn:
+            # A connection a test left in a transaction fails the test, instead of hanging it.
+            await conn.exec_driver_sql("SET lock_timeout = '10s'")
+            await conn.exec_driver_sql("DROP SCHEMA IF EXISTS public CASCADE")
+            await conn.exec_driver_sql("CREATE SCHEMA public")
+    finally:
+        await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def stack(folder: Path, log: list[tuple[str, str]]) -> AsyncIterator[Stack]:
+    model = FakeChatModel(engine=LoggingEngine(log=log))
+    settings = settings_for(folder)
+    async with open_services(settings, model=model) as services:  # type: ignore[arg-type]
+        bot = MockedBot()
+        app = build_app(settings, services, bot=bot)
+        sweeper = Sweeper(app, every=0.1, stop_poll=0.1)
+        sweeper.start()
+        try:
+            yield Stack(app, bot, model, services, sweeper)
+        finally:
+            await sweeper.close()
+            async with services.sessions() as session:  # what it took on ends first
+                await services.chat.shutdown(session, 5)
+            await app.dispatcher["typing"].close()
+
+
+@dataclass
+class Pair:
+    a: Stack
+    b: Stack
+    log: list[tuple[str, str]]
+
+    def texts(self, chat_id: int) -> list[str]:
+        return self.a.bot.recorder.texts(chat_id) + self.b.bot.recorder.texts(chat_id)
+
+    async def history(self, user_id: int) -> list[MessageRecord]:
+        async with self.a.services.sessions() as session:
+            conversation = await ConversationRepository(session).current(user_id, user_id)
+            return await MessageRepository(session).history(conversation.id)
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    await wipe()
+    log: list[tuple[str, str]] = []
+    async with stack(tmp_path / "a", log) as a, stack(tmp_path / "b", log) as b:
+        yield Pair(a, b, log)
+
+
+async def eventually(predicate: Callable[[], object], seconds: float = 20) -> None:
+    async with asyncio.timeout(seconds):
+        while not predicate():  # noqa: ASYNC110 - what is polled has no event
+            await asyncio.sleep(0.01)
+
+
+async def test_one_chats_messages_split_across_processes_are_answered_one_at_a_time_in_order(
+    pair: Pair,
+) -> None:
+    sent = [f"вопрос {i}" for i in range(8)]
+    # Alternate stacks, all at once: their stores and replies race across the two processes.
+    tasks = [
+        asyncio.create_task((pair.a if i % 2 == 0 else pair.b).feed(text_update(OWNER, text)))
+        for i, text in enumerate(sent)
+    ]
+    await asyncio.gather(*tasks)
+    stored = [r.text for r in await pair.history(OWNER) if r.role == "user"]
+    assert sorted(stored) == sorted(sent)
+    # One reply at a time: every start is followed by its own end before the next start.
+    starts = [text for event, text in pair.log if event == "start"]
+    assert pair.log == [(event, text) for text in starts for event in ("start", "end")]
+    # In order: the replies began in the order the messages were stored, each exactly once.
+    assert starts == stored
+    assert sorted(pair.texts(OWNER)) == sorted(f"echo: {text}" for text in sent)
+    history = await pair.history(OWNER)
+    assert all(r.status == "complete" for r in history)
+    assert len([r for r in history if r.role == "bot"]) == len(sent)
+
+
+async def test_an_update_delivered_to_both_processes_is_handled_once(pair: Pair) -> None:
+    message = text_update(OWNER, "один раз")
+    await asyncio.gather(pair.a.feed(message), pair.b.feed(message))
+    assert pair.texts(OWNER) == ["echo: один раз"]
+    # A command stores nothing the message ids could catch: only the update id does.
+    command = text_update(OWNER, "/system Ты — пират.")
+    await asyncio.gather(pair.a.feed(command), pair.b.feed(command))
+    assert pair.texts(OWNER).count(RU.system_set) == 1
+    # Delivered again later (after a restart of the first process): still dropped.
+    await pair.b.feed(message)
+    assert pair.texts(OWNER) == ["echo: один раз", RU.system_set]
+
+
+async def test_stop_in_one_process_ends_the_reply_running_in_the_other(pair: Pair) -> None:
+    await pair.b.feed(text_update(OWNER, "/stop"))
+    assert pair.b.bot.recorder.texts(OWNER) == [RU.stop_nothing]
+    pair.a.model.engine.stall_after = 1  # the reply is being written, and stays so
+    running = asyncio.create_task(pair.a.feed(text_update(OWNER, "долгий ответ")))
+    await eventually(lambda: ("start", "долгий ответ") in pair.log)
+    loop = asyncio.get_running_loop()
+    asked = loop.time()
+    await pair.b.feed(text_update(OWNER, "/stop"))
+    async with asyncio.timeout(5):
+        await running
+    assert loop.time() - asked < 1.0
+    assert pair.b.bot.recorder.texts(OWNER) == [RU.stop_nothing, RU.stop_done]
+    [reply] = pair.a.bot.recorder.texts(OWNER)
+    assert reply.endswith(f"<i>{RU.reply_stopped}</i>")
+    history = await pair.history(OWNER)
+    assert [(r.role, r.status) for r in history] == [("user", "complete"), ("bot", "partial")]
+
+
+async def test_a_process_shut_down_mid_queue_leaves_its_waiting_messages_to_the_other(
+    pair: Pair,
+) -> None:
+    engine = pair.a.model.engine
+    engine.stall_after = 1
+    running = asyncio.create_task(pair.a.feed(text_update(OWNER, "первый")))
+    await eventually(lambda: engine.submitted and engine.submitted[0]._sent)
+    queued = asyncio.create_task(pair.a.feed(text_update(OWNER, "второй")))
+    other = asyncio.create_task(pair.a.feed(text_update(FRIEND, "третий")))
+    await eventually(lambda: pair.a.services.chat.waiting >= 3)
+    await pair.a.sweeper.close()
+    async with pair.a.services.sessions() as session:
+        assert await pair.a.services.chat.shutdown(session, 5)
+    await asyncio.gather(running, queued, other)
+    a_owner = pair.a.bot.recorder.texts(OWNER)
+    assert any(text.endswith(f"<i>{RU.reply_interrupted}</i>") for text in a_owner)
+    # The other process answers them now, not at this one's restart.
+    await eventually(lambda: "echo: второй" in pair.b.bot.recorder.texts(OWNER), 5)
+    await eventually(lambda: "echo: третий" in pair.b.bot.recorder.texts(FRIEND), 5)
+    assert pair.b.bot.recorder.texts(OWNER) == ["echo: второй"]  # the first is not redone
+    history = await pair.history(OWNER)
+    assert [(r.role, r.text, r.status) for r in history if r.text] == [
+        ("user", "первый", "complete"),
+        ("bot", "echo:", "partial"),
+        ("user", "второй", "complete"),
+        ("bot", "echo: второй", "complete"),
+    ]
+
+
+async def test_a_killed_process_leaves_a_partial_reply_and_its_messages_to_the_other(
+    pair: Pair,
+) -> None:
+    engine = pair.a.model.engine
+    engine.stall_after = 1
+    running = asyncio.create_task(pair.a.feed(text_update(OWNER, "первый")))
+    await eventually(lambda: engine.submitted and engine.submitted[0]._sent)
+    queued = asyncio.create_task(pair.a.feed(text_update(OWNER, "второй")))
+    await eventually(lambda: pair.a.services.chat.waiting >= 2)
+    while len(await pair.history(OWNER)) < 3:  # noqa: ASYNC110 - rows have no event
+        await asyncio.sleep(0.01)
+    # The pending reply and the waiting message of a live process are left alone by the
+    # other's sweeps.
+    assert await pair.b.sweeper.sweep() == 0
+    assert [(r.role, r.status) for r in await pair.history(OWNER)] == [
+        ("user", "complete"),
+        ("bot", "pending"),
+        ("user", "pending"),
+    ]
+    # "Kill" the first process: its sweep ends and its lock connection drops without a word.
+    await pair.a.sweeper.close()
+    await pair.a.coordination.abandon()
+
+    # A new message of the chat, to the live process: the dead one's waiting message is
+    # older, so it is answered first (adopted at once, not at the next sweep).
+    pair.b.sweeper._every = 60.0
+    await pair.b.feed(text_update(OWNER, "третий"))
+    assert pair.b.bot.recorder.texts(OWNER) == ["echo: второй", "echo: третий"]
+    history = await pair.history(OWNER)
+    assert [(r.role, r.text, r.status) for r in history] == [
+        ("user", "первый", "complete"),
+        ("bot", "", "partial"),  # nothing saved yet: the kill came before the first checkpoint
+        ("user", "второй", "complete"),
+        ("user", "третий", "complete"),
+        ("bot", "echo: второй", "complete"),
+        ("bot", "echo: третий", "complete"),
+    ]
+    assert [text for event, text in pair.log if event == "start"] == [
+        "первый",
+        "второй",
+        "третий",
+    ]
+    for task in (running, queued):  # the dead process's tasks are gone with it
+        task.cancel()
+    await asyncio.gather(running, queued, return_exceptions=True)
