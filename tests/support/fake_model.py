@@ -39,6 +39,7 @@ class FakeGeneration:
     def __init__(self, engine: FakeEngine, reply: str, key: str | None) -> None:
         self.key = key
         self.started = asyncio.Event()
+        self.waiting_for_server = asyncio.Event()
         self.cancelled = False
         self._engine = engine
         self._reply = reply
