@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 CONVERSATION_SPACE = 1
 SLOT_SPACE = 2
+UPDATE_SPACE = 3
 
 LockKey = int | tuple[int, int]
 
@@ -38,6 +39,10 @@ def row_lock(row_id: int) -> LockKey:
 
 def conversation_lock(key: str) -> LockKey:
     return (CONVERSATION_SPACE, _hash32(key))
+
+
+def update_lock(update_id: int) -> LockKey:
+    return (UPDATE_SPACE, _hash32(str(update_id)))
 
 
 def slot_lock(server: str, slot: int) -> LockKey:

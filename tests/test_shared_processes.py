@@ -185,6 +185,36 @@ async def test_an_update_delivered_to_both_processes_is_handled_once(pair: Pair)
     assert pair.texts(OWNER) == ["echo: один раз", RU.system_set]
 
 
+async def test_an_update_taken_by_a_process_that_dies_before_storing_it_is_not_lost(
+    pair: Pair,
+) -> None:
+    message = text_update(OWNER, "не потеряй меня")
+    taken, hold = asyncio.Event(), asyncio.Event()
+
+    async def take_and_die() -> None:
+        # The first process takes the update on and dies before its message is stored.
+        async with pair.a.services.chat.update_once(message.update_id) as turn:
+            assert turn.first
+            taken.set()
+            await hold.wait()
+
+    dying = asyncio.create_task(take_and_die())
+    await taken.wait()
+    await pair.a.coordination.abandon()
+    # Telegram had no answer from it, so it delivers the update again, to the other process.
+    await pair.b.feed(message)
+    assert pair.b.bot.recorder.texts(OWNER) == ["echo: не потеряй меня"]
+    assert [(r.role, r.text) for r in await pair.history(OWNER)] == [
+        ("user", "не потеряй меня"),
+        ("bot", "echo: не потеряй меня"),
+    ]
+    hold.set()
+    await dying
+    # Taken on and stored now: a later delivery is dropped.
+    await pair.b.feed(message)
+    assert pair.b.bot.recorder.texts(OWNER) == ["echo: не потеряй меня"]
+
+
 async def test_stop_in_one_process_ends_the_reply_running_in_the_other(pair: Pair) -> None:
     await pair.b.feed(text_update(OWNER, "/stop"))
     assert pair.b.bot.recorder.texts(OWNER) == [RU.stop_nothing]

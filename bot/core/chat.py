@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from bot.core.answering import CHECKPOINT_EVERY, TurnAnswering
-from bot.core.coordination import Coordination, LocalCoordination
+from bot.core.coordination import Coordination, LocalCoordination, UpdateTurn
 from bot.core.in_flight import ActiveReply, Cut, RepliesInFlight
 from bot.core.ordering import Place
 from bot.core.turn import Outcome, ReplySink, Turn, conversation_key, state_key
@@ -157,9 +157,10 @@ class ChatService(TurnAnswering):
             key = conversation_key(stop.user_id, stop.chat_id)
             self._replies.cancel(key, Cut.STOPPED, up_to=stop.up_to_message_id)
 
-    async def first_delivery(self, session: AsyncSession, update_id: int) -> bool:
-        """False for an update some process (this one included) has taken on already."""
-        return await self.coordination.first_delivery(session, update_id)
+    def update_once(self, update_id: int) -> contextlib.AbstractAsyncContextManager[UpdateTurn]:
+        """Hold an update while it is taken on; `.first` is False for one some process (this
+        one included) has taken on already."""
+        return self.coordination.update_once(update_id)
 
     async def forget(self, session: AsyncSession, user_id: int) -> None:
         # Every chat the user ever talked in, also before a restart: their kept model states

@@ -70,7 +70,7 @@ def build_app(settings: Settings, services: Services, bot: Bot | None = None) ->
     dispatcher.update.outer_middleware(OrderingMiddleware(TurnOrder(), services.chat))
     dispatcher.update.outer_middleware(StorageFailureMiddleware())
     if services.chat.coordination.shared:
-        dispatcher.update.outer_middleware(UpdateOnceMiddleware(services.sessions, services.chat))
+        dispatcher.update.outer_middleware(UpdateOnceMiddleware(services.chat))
     dispatcher.update.outer_middleware(AccessMiddleware(access, services.sessions))
     dispatcher.update.outer_middleware(DatabaseMiddleware(services.sessions))
     dispatcher.update.outer_middleware(UserMiddleware())

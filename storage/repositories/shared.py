@@ -37,6 +37,10 @@ class UpdateRepository:
         )
         return (await self._session.execute(stmt)).scalar_one_or_none() is not None
 
+    async def seen(self, update_id: int) -> bool:
+        found = await self._session.get(ProcessedUpdate, update_id)
+        return found is not None
+
     async def prune(self, older_than: timedelta) -> None:
         await self._session.execute(
             delete(ProcessedUpdate)
