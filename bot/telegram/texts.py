@@ -57,6 +57,7 @@ class Texts:
     reply_interrupted: str
     reply_cut: str  # the engine server failed in the middle of the reply
     answer_after_restart: str
+    answer_elsewhere: str  # several bot processes: another one answers at once
     storage_failed: str
     status: str  # {model} {uptime} {queue} {users} {conversations} {messages} {tps}
     commands: tuple[tuple[str, str], ...]
@@ -172,6 +173,7 @@ RU = Texts(
     answer_after_restart=(
         "Бот перезапускается. Ваше сообщение сохранено — я отвечу на него сразу после перезапуска."
     ),
+    answer_elsewhere="Ваше сообщение сохранено — ответ придёт через несколько секунд.",
     storage_failed=(
         "Не получилось сохранить сообщение: у сервера проблема с хранилищем. "
         "Попробуйте чуть позже — ничего из уже сохранённого не потеряно."
@@ -280,6 +282,7 @@ EN = Texts(
         "The bot is restarting. Your message is saved, and I will answer it right after "
         "the restart."
     ),
+    answer_elsewhere="Your message is saved; the answer will come in a few seconds.",
     storage_failed=(
         "Could not save your message: the server has a storage problem. Please try again "
         "later; nothing stored before is lost."

@@ -82,7 +82,9 @@ async def _answer(
         return
     try:
         if outcome.waiting:
-            await message.answer(texts.answer_after_restart)
+            # With several processes, another one takes the message over within a second.
+            shared = chat_service.coordination.shared
+            await message.answer(texts.answer_elsewhere if shared else texts.answer_after_restart)
         if outcome.shows_nothing:
             return
         markup = regenerate_button(texts, turn.user.id, outcome.bot_message_id)
