@@ -250,6 +250,9 @@ async def test_a_process_shut_down_mid_queue_leaves_its_waiting_messages_to_the_
     await asyncio.gather(running, queued, other)
     a_owner = pair.a.bot.recorder.texts(OWNER)
     assert any(text.endswith(f"<i>{RU.reply_interrupted}</i>") for text in a_owner)
+    # Told the truth: the answer comes in seconds, from the other process, not at a restart.
+    assert RU.answer_elsewhere in a_owner and RU.answer_after_restart not in a_owner
+    assert pair.a.bot.recorder.texts(FRIEND) == [RU.answer_elsewhere]
     # The other process answers them now, not at this one's restart.
     await eventually(lambda: "echo: второй" in pair.b.bot.recorder.texts(OWNER), 5)
     await eventually(lambda: "echo: третий" in pair.b.bot.recorder.texts(FRIEND), 5)
