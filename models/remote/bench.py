@@ -26,7 +26,13 @@ from models.files.gguf_info import read_gguf_info
 from models.prompt.templates import ChatMessage
 from models.remote.engine import RemoteEngine
 from models.remote.loader import RemoteConfig, load_remote_model
-from models.runtime.bench import BenchOptions, build_history, rounded, sample_text
+from models.runtime.bench import (
+    BenchOptions,
+    bench_settings,
+    build_history,
+    rounded,
+    sample_text,
+)
 from models.runtime.bench_parallel import Runner, StartStream, aggregate, busy_ttft, rate
 from models.runtime.bench_server import server_runner, stream_times
 from models.runtime.chat_model import ChatModel
@@ -156,16 +162,7 @@ async def _follow_ups(
         "ttft_cold_s": round(cold_s, 3),
         "ttft_cached_s": round(cached_s, 3),
         "ttft_ratio": round(cached_s / cold_s, 4),
-        "settings": {
-            "n_ctx": engine.n_ctx,
-            "n_batch": options.n_batch,
-            "n_threads": options.n_threads,
-            "template": options.template,
-            "users": options.users,
-            "history_tokens": options.history_tokens,
-            "gen_tokens": options.gen_tokens,
-            "rounds": options.rounds,
-        },
+        "settings": bench_settings(options, engine.n_ctx),
         "follow_up_prompt_tokens": [r.n_prompt for r in cached],
         "follow_up_restored_tokens": [r.n_prompt - r.n_prompt_evaluated for r in cached],
         "follow_up_evaluated_tokens": {

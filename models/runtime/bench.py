@@ -73,6 +73,20 @@ def sample_text(user: int, turn: int, role: str) -> str:
     return f"{role} {user}.{turn}: {first} {second}"
 
 
+def bench_settings(options: BenchOptions, n_ctx: int) -> dict[str, Any]:
+    """What a report was measured with."""
+    return {
+        "n_ctx": n_ctx,
+        "n_batch": options.n_batch,
+        "n_threads": options.n_threads,
+        "template": options.template,
+        "users": options.users,
+        "history_tokens": options.history_tokens,
+        "gen_tokens": options.gen_tokens,
+        "rounds": options.rounds,
+    }
+
+
 def build_history(
     model: ChatModel, system: str | None, user: int, n_tokens: int
 ) -> list[ChatMessage]:
@@ -301,16 +315,7 @@ async def _measure(
         "ttft_cold_s": round(cold_s, 3),
         "ttft_cached_s": round(cached_s, 3),
         "ttft_ratio": round(cached_s / cold_s, 4),
-        "settings": {
-            "n_ctx": options.n_ctx,
-            "n_batch": options.n_batch,
-            "n_threads": options.n_threads,
-            "template": options.template,
-            "users": options.users,
-            "history_tokens": options.history_tokens,
-            "gen_tokens": options.gen_tokens,
-            "rounds": options.rounds,
-        },
+        "settings": bench_settings(options, options.n_ctx),
         "follow_up_prompt_tokens": [r.n_prompt for r in cached],
         "follow_up_restored_tokens": [r.n_prompt_restored for r in cached],
         "follow_up_evaluated_tokens": {
