@@ -58,3 +58,43 @@ async def test_a_server_killed_mid_reply_leaves_a_partial_reply_and_the_other_se
                 assert statuses == ["partial", "complete"]
         finally:
             await model.close()
+
+
+async def test_with_no_server_up_the_reply_waits_the_user_is_told_once_and_nothing_is_lost(
+    tmp_path: Path,
+) -> None:
+    model_path = build_tiny_gguf(tmp_path / "tiny.gguf")
+    server = llama_server.start(model_path, n_ctx_per_slot=1024)
+    model = await load_remote_model(
+        RemoteConfig(
+            model_path=model_path,
+            urls=[server.url],
+            template="gigasaiga",
+            max_new_tokens=16,
+            sampling=GREEDY,
+            health_interval=0.2,
+            wait=60.0,
+        )
+    )
+
+    def told() -> int:  # the status line is shown in the reply's draft, before any word
+        return sum(RU.engine_wait in (e.text or "") for e in bot.tg.transcript(OWNER))
+
+    try:
+        async with running_bot(model, tmp_path / "data") as bot:
+            llama_server.stop(server)  # the only server goes down
+            bot.tg.push_message(OWNER, "Ты здесь?")
+            await bot.wait(lambda: told() > 0)
+            history = await bot.history(OWNER)
+            assert (history[0].role, history[0].text) == ("user", "Ты здесь?")
+            assert [r.status for r in history if r.role == "bot"] in ([], ["pending"])
+            # It comes back at the same address: the waiting reply is written, once.
+            server = llama_server.start(model_path, n_ctx_per_slot=1024, port=server.port)
+            await bot.wait_reply(OWNER)
+            statuses = [r.status for r in await bot.history(OWNER) if r.role == "bot"]
+            assert statuses == ["complete"]
+            assert told() == 1
+            assert all(RU.engine_wait not in text for text in bot.tg.texts(OWNER))
+    finally:
+        await model.close()
+        llama_server.stop(server)
