@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 CONVERSATION_SPACE = 1
 SLOT_SPACE = 2
 UPDATE_SPACE = 3
+MIGRATION_SPACE = 4  # schema upgrades (storage.database.migrate), one process at a time
 
 LockKey = int | tuple[int, int]
 

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from storage.advisory import MIGRATION_SPACE
 from storage.errors import StorageError
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,11 @@ async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
         if conn.dialect.name == "sqlite":
             await _migrate_sqlite(conn, revision)
         else:
+            # Several bot processes start at once on one PostgreSQL: one migrates, the others
+            # wait for it and then find the schema current. The lock ends with the transaction.
+            await conn.exec_driver_sql(
+                f"SELECT pg_advisory_xact_lock({MIGRATION_SPACE}, 0)"  # noqa: S608 - constant
+            )
             await conn.run_sync(_upgrade, revision)
             await conn.commit()
 

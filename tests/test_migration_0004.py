@@ -3,6 +3,7 @@ tables of several processes, and goes back to 0003 cleanly."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -79,3 +80,17 @@ async def test_0004_keeps_rows_and_adds_the_shared_tables(url: str) -> None:
         assert "messages" in tables
     finally:
         await engine.dispose()
+
+
+async def test_processes_starting_together_migrate_one_at_a_time(url: str) -> None:
+    # Several bot processes start at once on one database: each runs the migrations.
+    engines = [create_engine(url) for _ in range(3)]
+    try:
+        async with asyncio.timeout(60):  # without the lock, concurrent DDL can also deadlock
+            await asyncio.gather(*(migrate(engine) for engine in engines))
+        async with engines[0].connect() as conn:
+            version = (await conn.exec_driver_sql("SELECT version_num FROM alembic_version")).all()
+        assert len(version) == 1
+    finally:
+        for engine in engines:
+            await engine.dispose()
