@@ -69,9 +69,7 @@ async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
         else:
             # Several bot processes start at once on one PostgreSQL: one migrates, the others
             # wait for it and then find the schema current. The lock ends with the transaction.
-            await conn.exec_driver_sql(
-                f"SELECT pg_advisory_xact_lock({MIGRATION_SPACE}, 0)"  # noqa: S608 - constant
-            )
+            await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_SPACE}, 0)")
             await conn.run_sync(_upgrade, revision)
             await conn.commit()
 
