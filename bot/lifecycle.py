@@ -168,6 +168,7 @@ async def open_services(
             log_text=settings.log_message_text if log_text is None else log_text,
             coordination=coordination,
         )
-        async with sessions() as session:
-            await chat.keep_interrupted_replies(session)
+        if not coordination.shared:  # with several, the sweep shows them in their chats
+            async with sessions() as session:
+                await chat.keep_interrupted_replies(session)
         yield Services(db, sessions, model, chat)

@@ -293,7 +293,12 @@ async def test_a_killed_process_leaves_a_partial_reply_and_its_messages_to_the_o
     # older, so it is answered first (adopted at once, not at the next sweep).
     pair.b.sweeper._every = 60.0
     await pair.b.feed(text_update(OWNER, "третий"))
-    assert pair.b.bot.recorder.texts(OWNER) == ["echo: второй", "echo: третий"]
+    # The cut reply is shown first (nothing of it was saved: only its note), then the rest.
+    assert pair.b.bot.recorder.texts(OWNER) == [
+        f"<i>{RU.reply_interrupted}</i>",
+        "echo: второй",
+        "echo: третий",
+    ]
     history = await pair.history(OWNER)
     assert [(r.role, r.text, r.status) for r in history] == [
         ("user", "первый", "complete"),

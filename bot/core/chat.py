@@ -228,6 +228,18 @@ class ChatService(TurnAnswering):
         if count:
             logger.warning("Kept %d interrupted replies of a gone process as partial", count)
 
+    async def interrupted_replies(
+        self, session: AsyncSession
+    ) -> list[tuple[MessageRecord, UserRecord, int]]:
+        """With several processes: (reply, its user, chat id) a gone process left being
+        written, claimed for this one to show in the chat and then `keep_shown`."""
+        return await self.coordination.interrupted(session)
+
+    async def keep_shown(self, session: AsyncSession, reply_ids: list[int]) -> None:
+        count = await self.coordination.kept(session, reply_ids)
+        if count:
+            logger.warning("Kept %d interrupted replies of a gone process as partial", count)
+
     async def waiting_messages(
         self, session: AsyncSession
     ) -> list[tuple[MessageRecord, UserRecord, int]]:

@@ -123,6 +123,13 @@ class Coordination(Protocol):
 
     async def keep_interrupted(self, session: AsyncSession) -> int: ...
 
+    async def interrupted(self, session: AsyncSession) -> list[Waiting]:
+        """Claim the replies gone processes left `pending` and return them (the reply, its
+        user, chat id), oldest first, to be shown in their chats; then `kept` ends them."""
+        ...
+
+    async def kept(self, session: AsyncSession, reply_ids: list[int]) -> int: ...
+
     async def adopt_waiting(self, session: AsyncSession) -> list[Waiting]: ...
 
     def update_once(self, update_id: int) -> contextlib.AbstractAsyncContextManager[UpdateTurn]:
@@ -187,6 +194,12 @@ class LocalCoordination:
 
     async def keep_interrupted(self, session: AsyncSession) -> int:
         return await MessageRepository(session).mark_pending_as_partial()
+
+    async def interrupted(self, session: AsyncSession) -> list[Waiting]:
+        return []  # one process: kept at the start, before the bot runs
+
+    async def kept(self, session: AsyncSession, reply_ids: list[int]) -> int:
+        return 0
 
     async def adopt_waiting(self, session: AsyncSession) -> list[Waiting]:
         return await MessageRepository(session).unanswered()
@@ -279,10 +292,13 @@ class SharedCoordination(LocalCoordination):
             await session.commit()  # ends the read: no transaction idles while we wait
             return Verdict.ANSWERED
         earlier = await pending.earlier_questions(user_id, chat_id, message_id)
+        # Under the chat's lock no live process writes a reply here: one still `pending` was
+        # cut by a kill. It is shown in the chat (see `interrupted`) before the next one.
+        cut = await pending.earlier_replies(user_id, chat_id, message_id)
         await session.commit()
-        if not earlier:
+        if not earlier and not cut:
             return Verdict.GO
-        first = earlier[0]
+        first = min(earlier + cut)
         if first not in self._held and await self._free(row_lock(first)):
             self.orphans_seen.set()  # its process is gone: adopt it now, not at the next sweep
         return Verdict.WAIT
@@ -306,6 +322,28 @@ class SharedCoordination(LocalCoordination):
             await session.commit()
             for reply_id in free:
                 await self._locks.unlock(row_lock(reply_id))
+
+    async def interrupted(self, session: AsyncSession) -> list[Waiting]:
+        """The replies of gone processes, claimed by this one until `kept`: while one is
+        `pending` the chat's next reply waits (see `verdict`), so it is shown first."""
+        claimed = []
+        for reply_id in await PendingRepository(session).replies():
+            if reply_id not in self._held and await self._try(row_lock(reply_id)):
+                self._held.add(reply_id)
+                claimed.append(reply_id)
+        found = await PendingRepository(session).with_chats(claimed)
+        await session.commit()
+        for reply_id in set(claimed) - {item[0].id for item in found}:
+            await self.release(reply_id)  # ended meanwhile (a /forget)
+        return found
+
+    async def kept(self, session: AsyncSession, reply_ids: list[int]) -> int:
+        try:
+            return await PendingRepository(session).keep_as_partial(reply_ids)
+        finally:
+            await session.commit()
+            for reply_id in reply_ids:
+                await self.release(reply_id)
 
     async def adopt_waiting(self, session: AsyncSession) -> list[Waiting]:
         """Claim the waiting messages nobody holds and return them, oldest first: this

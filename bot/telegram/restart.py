@@ -77,3 +77,24 @@ async def _answer_one(app: BotApp, message: MessageRecord, user: UserRecord, cha
             markup = regenerate_button(texts, user.id, outcome.bot_message_id)
             ids = await reply.finish(outcome.text, texts.notes_for(outcome), markup)
             await record_delivery(session, outcome.bot_message_id, ids)
+
+
+async def show_interrupted(app: BotApp, reply: MessageRecord, user: UserRecord, chat: int) -> None:
+    """A reply a killed process was writing, as far as it was saved, with its note: the
+    user saw it being written, and the button asks for another."""
+    texts = texts_for(user.language_code)
+    target = ChatTarget(chat, private=chat == user.id)
+    shown = TelegramReply(
+        app.bot,
+        target,
+        drafts=app.dispatcher["drafts"],
+        interval=app.dispatcher["settings"].telegram.edit_interval(target.private),
+        texts=texts,
+    )
+    try:
+        async with app.services.sessions() as session, shown:
+            markup = regenerate_button(texts, user.id, reply.id)
+            ids = await shown.finish(reply.text, [texts.reply_interrupted], markup)
+            await record_delivery(session, reply.id, ids)
+    except (TelegramAPIError, SQLAlchemyError, StorageError) as exc:
+        logger.error("an interrupted reply was not shown: %s", exc)

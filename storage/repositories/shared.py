@@ -10,8 +10,17 @@ from datetime import timedelta
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.repositories._rows import NO_SYNC, upsert_insert, utc_now
-from storage.tables import Conversation, Message, ProcessedUpdate, ReceivedMessage, StopRequest
+from storage.records import MessageRecord, UserRecord
+from storage.repositories._rows import NO_SYNC, USER_COLUMNS, upsert_insert, user_record, utc_now
+from storage.repositories.messages import MessageRepository
+from storage.tables import (
+    Conversation,
+    Message,
+    ProcessedUpdate,
+    ReceivedMessage,
+    StopRequest,
+    User,
+)
 from storage.validation import check_id
 
 
@@ -133,6 +142,22 @@ class PendingRepository:
         )
         return list((await self._session.scalars(stmt)).all())
 
+    async def earlier_replies(self, user_id: int, chat_id: int, message_id: int) -> list[int]:
+        """The replies in that chat opened before `message_id` and still being written."""
+        stmt = (
+            select(Message.id)
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .where(
+                Conversation.user_id == user_id,
+                Conversation.chat_id == chat_id,
+                Message.role == "bot",
+                Message.status == "pending",
+                Message.id < message_id,
+            )
+            .order_by(Message.id)
+        )
+        return list((await self._session.scalars(stmt)).all())
+
     async def in_chat(self, user_id: int, chat_id: int) -> int:
         """Rows of the user in that chat waiting for or being written as a reply."""
         stmt = (
@@ -154,6 +179,26 @@ class PendingRepository:
     async def questions(self) -> list[int]:
         stmt = select(Message.id).where(Message.role == "user", Message.status == "pending")
         return list((await self._session.scalars(stmt.order_by(Message.id))).all())
+
+    async def with_chats(
+        self, message_ids: Sequence[int]
+    ) -> list[tuple[MessageRecord, UserRecord, int]]:
+        """Those of the rows that still exist, oldest first, with their user and chat id."""
+        if not message_ids:
+            return []
+        stmt = (
+            select(Message.id, Conversation.chat_id, *USER_COLUMNS)
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .join(User, User.id == Conversation.user_id)
+            .where(Message.id.in_(message_ids))
+            .order_by(Message.id)
+        )
+        found = []
+        for row in (await self._session.execute(stmt)).all():
+            record = await MessageRepository(self._session).get(row[0])
+            if record is not None:
+                found.append((record, user_record(row[2:]), row[1]))
+        return found
 
     async def keep_as_partial(self, reply_ids: Sequence[int]) -> int:
         """Replies whose process is gone: kept as written so far, if still `pending`."""
