@@ -215,6 +215,34 @@ async def test_no_server_at_start_is_one_sentence(byte_gguf: Path) -> None:
     assert message.endswith(".") and ". " not in message  # one sentence
 
 
+async def test_a_server_that_takes_the_connection_and_says_nothing_does_not_hang_the_start(
+    byte_gguf: Path, server: llama_server.LlamaServer
+) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1 << 16)  # the request, never answered
+        await asyncio.sleep(3600)
+
+    mute = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = mute.sockets[0].getsockname()[1]
+    try:
+        async with asyncio.timeout(20):
+            with pytest.raises(EngineStartError, match="No engine server answered"):
+                await load_remote_model(
+                    config(byte_gguf, [f"http://127.0.0.1:{port}"], connect_timeout=1.0)
+                )
+            # Beside a working server, the silent one is down and the other serves.
+            urls = [f"http://127.0.0.1:{port}", server.url]
+            model = await load_remote_model(config(byte_gguf, urls, connect_timeout=1.0))
+            try:
+                ids = prompt(model, "mute", "Привет!")
+                result = await model.engine.submit(ids, max_new_tokens=4, key="mute").result()
+                assert result.n_tokens > 0
+            finally:
+                await model.close()
+    finally:
+        mute.close()
+
+
 async def test_a_wrong_api_key_is_a_clear_error(byte_gguf: Path) -> None:
     with llama_server.servers(byte_gguf, api_key="right-key") as [guarded]:
         with pytest.raises(EngineStartError, match="ENGINE_API_KEY"):

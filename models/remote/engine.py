@@ -145,13 +145,14 @@ class RemoteEngine:
             self.dropped.add(key)
 
     async def _erase(self, url: str, slot: int) -> None:
-        async with self.session.post(f"{url}/slots/{slot}?action=erase") as response:
+        quick = self.pool.quick
+        async with self.session.post(f"{url}/slots/{slot}?action=erase", timeout=quick) as response:
             if response.status == 200:
                 return
         # Without --slot-save-path llama-server refuses slot actions (501): overwrite the
         # slot's cells with a one-token prompt instead, evaluated from scratch.
         body = {"prompt": [0], "n_predict": 0, "id_slot": slot, "cache_prompt": False}
-        async with self.session.post(f"{url}/completion", json=body) as response:
+        async with self.session.post(f"{url}/completion", json=body, timeout=quick) as response:
             if response.status != 200:
                 logger.warning("could not erase slot %d of %s (%d)", slot, url, response.status)
 

@@ -58,8 +58,13 @@ async def load_remote_model(config: RemoteConfig, ledger: SlotLedger | None = No
     tokenizer = await asyncio.to_thread(LlamaTokenizer.from_file, config.model_path)
     template = get_template(config.template, tokenizer)
     headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+    # A reply's stream may last minutes: no total; but no read may wait longer than the
+    # longest silence allowed inside a reply (the headers of an answer included).
     timeout = aiohttp.ClientTimeout(
-        total=None, connect=config.connect_timeout, sock_connect=config.connect_timeout
+        total=None,
+        connect=config.connect_timeout,
+        sock_connect=config.connect_timeout,
+        sock_read=config.read_timeout,
     )
     session = aiohttp.ClientSession(headers=headers, timeout=timeout)
     try:
@@ -69,6 +74,7 @@ async def load_remote_model(config: RemoteConfig, ledger: SlotLedger | None = No
             api=config.api,
             model=config.model,
             health_interval=config.health_interval,
+            quick_timeout=2 * config.connect_timeout + 1,
         )
         servers = list(pool.servers.values())
         up = await asyncio.gather(*(pool.probe(s) for s in servers))

@@ -64,9 +64,13 @@ class ServerPool:
         api: Literal["auto", "llama-server", "openai"],
         model: str | None,
         health_interval: float,
+        quick_timeout: float = 11.0,
     ) -> None:
         self.servers = {url: Server(url) for url in urls}
         self._session = session
+        # /health, /props and slot erasing: a server that takes the connection and then
+        # says nothing must not hold up the start or the health checks of the others.
+        self.quick = aiohttp.ClientTimeout(total=quick_timeout)
         self._api = api
         self._model = model
         self._interval = health_interval
@@ -78,7 +82,7 @@ class ServerPool:
     async def probe(self, server: Server) -> bool:
         """GET /health (and, the first time, what kind of server it is); True when up."""
         try:
-            async with self._session.get(f"{server.url}/health") as response:
+            async with self._session.get(f"{server.url}/health", timeout=self.quick) as response:
                 if response.status != 200:
                     raise aiohttp.ClientResponseError(
                         response.request_info, (), status=response.status
@@ -118,7 +122,7 @@ class ServerPool:
             server.n_ctx = int(first["max_model_len"])
 
     async def _get_json(self, server: Server, path: str) -> dict[str, Any] | None:
-        async with self._session.get(f"{server.url}{path}") as response:
+        async with self._session.get(f"{server.url}{path}", timeout=self.quick) as response:
             if response.status == 401:
                 raise EngineRefused(f"{server.url} refused ENGINE_API_KEY (401 on {path})")
             if response.status != 200:
