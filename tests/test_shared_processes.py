@@ -186,6 +186,24 @@ async def test_an_update_delivered_to_both_processes_is_handled_once(pair: Pair)
     assert sorted(pair.texts(OWNER)) == sorted(["echo: один раз", RU.system_set])
 
 
+async def test_a_duplicate_is_dropped_once_the_first_is_stored_not_after_its_reply(
+    pair: Pair,
+) -> None:
+    engine = pair.a.model.engine
+    engine.stall_after = 1  # the first delivery's reply hangs after one piece
+    message = text_update(OWNER, "долгий ответ")
+    first = asyncio.create_task(pair.a.feed(message))
+    await eventually(lambda: engine.submitted and engine.submitted[0]._sent)
+    # The same update again, to the other process and to this one: both are dropped at once,
+    # while the first delivery's reply is still being written.
+    async with asyncio.timeout(5):
+        await asyncio.gather(pair.b.feed(message), pair.a.feed(message))
+    assert len(engine.submitted) == 1 and pair.b.model.engine.submitted == []
+    assert [r.text for r in await pair.history(OWNER) if r.role == "user"] == ["долгий ответ"]
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+
+
 async def test_an_update_taken_by_a_process_that_dies_before_storing_it_is_not_lost(
     pair: Pair,
 ) -> None:

@@ -25,11 +25,12 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from bot.core.answering import CHECKPOINT_EVERY, TurnAnswering
-from bot.core.coordination import Coordination, LocalCoordination, UpdateTurn
+from bot.core.coordination import Coordination, LocalCoordination
 from bot.core.in_flight import ActiveReply, Cut, RepliesInFlight
 from bot.core.ordering import Place
 from bot.core.turn import Outcome, ReplySink, Turn, conversation_key, state_key
 from bot.core.turn_writer import TurnWriter
+from bot.core.update_once import UpdateTurn
 from models.runtime.chat_model import ChatModel
 from storage.database import checkpoint
 from storage.records import MessageRecord, StorageStats, UserRecord

@@ -26,13 +26,14 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from storage.advisory import AdvisoryLocks, LockKey, conversation_lock, row_lock, update_lock
+from bot.core.update_once import SharedUpdates, UpdateTurn
+from storage.advisory import AdvisoryLocks, LockKey, conversation_lock, row_lock
 from storage.records import MessageRecord, Status, UserRecord
 from storage.repositories import MessageRepository
 from storage.repositories.shared import (
@@ -46,37 +47,10 @@ from storage.repositories.shared import (
 logger = logging.getLogger(__name__)
 
 LOCK_POLL = 0.05  # seconds between tries of a lock another process holds
-UPDATE_WAIT = 30.0  # seconds a second delivery waits for the first to be accepted
 UPDATES_KEPT = timedelta(days=1)  # Telegram gives up redelivering long before
 STOPS_KEPT = timedelta(minutes=10)
 
 Waiting = tuple[MessageRecord, UserRecord, int]
-
-
-class UpdateTurn:
-    """One delivery of an update being taken on (`Coordination.update_once`)."""
-
-    def __init__(
-        self, *, first: bool, record: Callable[[], Coroutine[Any, Any, None]] | None = None
-    ) -> None:
-        self.first = first
-        self._record = record
-        self._recording: asyncio.Task[None] | None = None
-
-    def accepted(self) -> None:
-        """The update is safe (its message stored): record it. Called from the update's
-        ticket, which is synchronous; the record is written right after."""
-        if self._record is not None and self._recording is None and self.first:
-            self._recording = asyncio.ensure_future(self._record())
-
-    async def settle(self) -> None:
-        """Handled: accepted now if it was not before; wait until the record is written."""
-        self.accepted()
-        await self.recorded_or_none()
-
-    async def recorded_or_none(self) -> None:
-        if self._recording is not None:
-            await self._recording
 
 
 class Verdict(enum.Enum):
@@ -204,10 +178,9 @@ class LocalCoordination:
     async def adopt_waiting(self, session: AsyncSession) -> list[Waiting]:
         return await MessageRepository(session).unanswered()
 
-    @contextlib.asynccontextmanager
-    async def update_once(self, update_id: int) -> AsyncIterator[UpdateTurn]:
+    def update_once(self, update_id: int) -> contextlib.AbstractAsyncContextManager[UpdateTurn]:
         # Telegram re-sends after a restart: the stored message ids catch that.
-        yield UpdateTurn(first=True)
+        return contextlib.nullcontext(UpdateTurn(first=True))
 
     async def record_stop(self, session: AsyncSession, user_id: int, chat_id: int) -> bool:
         return False
@@ -237,6 +210,7 @@ class SharedCoordination(LocalCoordination):
         self._poll = poll
         self._held: set[int] = set()  # rows this process claimed
         self._last_stop = 0
+        self._updates = SharedUpdates(locks, self._try, sessions)
 
     @property
     def shared(self) -> bool:
@@ -361,35 +335,8 @@ class SharedCoordination(LocalCoordination):
             await self.release(message_id)
         return adopted
 
-    @contextlib.asynccontextmanager
-    async def update_once(self, update_id: int) -> AsyncIterator[UpdateTurn]:
-        """The update's id is recorded once it is accepted (its message stored, or its handling
-        done), under a lock on the id held from before the look-up: a second delivery waits
-        for the first to be accepted and is then dropped, and a process that dies before
-        accepting leaves the update to the next delivery instead of losing it."""
-        lock = update_lock(update_id)
-        give_up = asyncio.get_running_loop().time() + UPDATE_WAIT
-        while not await self._try(lock):
-            if asyncio.get_running_loop().time() > give_up:
-                # Not acknowledged: Telegram delivers it again later.
-                raise TimeoutError(f"update {update_id} is held by another process")
-            await asyncio.sleep(LOCK_POLL)
-        turn: UpdateTurn | None = None
-        try:
-            async with self._sessions() as session:
-                seen = await UpdateRepository(session).seen(update_id)
-            turn = UpdateTurn(first=not seen, record=lambda: self._record(update_id))
-            yield turn
-            await turn.settle()  # handled without being accepted earlier (a command)
-        finally:
-            if turn is not None:  # accepted before a failure: the record goes in all the same
-                await asyncio.shield(turn.recorded_or_none())
-            await asyncio.shield(self._locks.unlock(lock))
-
-    async def _record(self, update_id: int) -> None:
-        async with self._sessions() as session:
-            await UpdateRepository(session).record(update_id)
-            await session.commit()
+    def update_once(self, update_id: int) -> contextlib.AbstractAsyncContextManager[UpdateTurn]:
+        return self._updates.update_once(update_id)
 
     async def record_stop(self, session: AsyncSession, user_id: int, chat_id: int) -> bool:
         """Write the stop for the other processes; True if a reply there runs or waits."""

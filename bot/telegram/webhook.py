@@ -41,7 +41,7 @@ class AcceptingRequestHandler(SimpleRequestHandler):
     def __init__(self, dispatcher: Dispatcher, bot: Bot, secret: str) -> None:
         super().__init__(dispatcher, bot, handle_in_background=True, secret_token=secret)
         self._refusing = False
-        self._feeding: set[asyncio.Task[None]] = set()
+        self._feeding: set[asyncio.Task[bool]] = set()
 
     def refuse(self) -> None:
         self._refusing = True
@@ -75,17 +75,23 @@ class AcceptingRequestHandler(SimpleRequestHandler):
             await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
+        if not accepted.is_set() and task.done() and not task.result():
+            # Failed before anything was kept: Telegram delivers it again later.
+            return web.Response(status=500, text="Not handled")
         return web.json_response({})
 
-    async def _feed(self, update: Update, on_accepted: Any) -> None:
+    async def _feed(self, update: Update, on_accepted: Any) -> bool:
+        """False when handling failed (logged, as polling does)."""
         try:
             result = await self.dispatcher.feed_update(
                 self.bot, update, on_accepted=on_accepted, **self.data
             )
             if isinstance(result, TelegramMethod):
                 await self.dispatcher.silent_call_request(bot=self.bot, result=result)
-        except Exception:  # as polling does: the error is logged, the next update goes on
+        except Exception:
             logger.exception("handling update %d failed", update.update_id)
+            return False
+        return True
 
 
 class WebhookServer:
