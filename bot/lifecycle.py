@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from sqlalchemy import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -116,16 +117,17 @@ async def _open_slot_ledger(settings: Settings, db: AsyncEngine) -> PostgresSlot
 
 async def _open_database(settings: Settings) -> AsyncEngine:
     url = settings.storage.resolved_database_url
+    shown = make_url(url).render_as_string(hide_password=True)  # errors reach the journal
     try:
         # Database errors quote their statement's parameters, users' text among them.
         db = create_engine(url, hide_parameters=not settings.log_message_text)
     except (SQLAlchemyError, StorageError, OSError) as exc:
-        raise StartupError(f"The database {url} cannot be opened: {exc}") from exc
+        raise StartupError(f"The database {shown} cannot be opened: {exc}") from exc
     try:
         await migrate(db)
     except (SQLAlchemyError, StorageError, OSError) as exc:
         await db.dispose()
-        raise StartupError(f"The database {url} cannot be opened: {exc}") from exc
+        raise StartupError(f"The database {shown} cannot be opened: {exc}") from exc
     return db
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.settings import Settings
@@ -81,7 +81,7 @@ class Webhook:
 
     url: str
     path: str
-    secret: str
+    secret: str = field(repr=False)  # a password: never in a repr or a log
 
 
 def webhook(settings: Settings) -> Webhook | None:

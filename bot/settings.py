@@ -185,7 +185,9 @@ class EngineSettings(BaseModel):
     @classmethod
     def _split_urls(cls, value: object) -> object:
         if isinstance(value, str):
-            return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+            urls = [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+            # The OpenAI base URL people copy from vLLM's docs ends in /v1: the server is above.
+            return [url.removesuffix("/v1") for url in urls]
         return value
 
 

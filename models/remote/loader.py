@@ -40,7 +40,7 @@ class RemoteConfig:
     urls: list[str]
     template: str
     max_new_tokens: int
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # a secret: never in a repr
     api: Literal["auto", "llama-server", "openai"] = "auto"
     model: str | None = None
     n_ctx: int | None = None
