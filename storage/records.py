@@ -56,6 +56,9 @@ class MessageRecord:
     telegram_message_ids: tuple[int, ...]
     model: str | None
     created_at: datetime
+    # A bot reply: the user message it answers (None for a user message, and for replies
+    # stored before migration 0005). The transcript puts each reply right after its question.
+    reply_to: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,10 +86,17 @@ class Message(Base):
     n_tokens: Mapped[int | None] = mapped_column(Integer)
     model: Mapped[str | None] = mapped_column(ExactText)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The user message a bot reply answers. CASCADE: a reply means nothing without its
+    # question, and a reply left behind would be shown to the model after another message.
+    reply_to: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("messages.id", ondelete="CASCADE")
+    )
 
     __table_args__ = (
         # The history read: one conversation's rows in id order, straight from this index.
         Index("ix_messages_conversation_id_id", "conversation_id", "id"),
+        # Deleting messages looks up the replies to each one: without it, a scan per row.
+        Index("ix_messages_reply_to", "reply_to"),
         CheckConstraint("role IN ('user', 'bot')", name="role"),
         CheckConstraint(
             "status IN ('complete', 'partial', 'failed', 'pending', 'replaced')", name="status"

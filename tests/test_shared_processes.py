@@ -308,6 +308,13 @@ async def test_a_killed_process_leaves_a_partial_reply_and_its_messages_to_the_o
         ("bot", "echo: второй", "complete"),
         ("bot", "echo: третий", "complete"),
     ]
+    # Stored in that order, but the model saw each reply right after its own message.
+    assert [m.content for m in pair.b.model.prompts[-1]] == [
+        "первый",
+        "второй",
+        "echo: второй",
+        "третий",
+    ]
     assert [text for event, text in pair.log if event == "start"] == [
         "первый",
         "второй",

@@ -83,15 +83,40 @@ class Outcome:
 
 
 def to_turns(history: Sequence[MessageRecord], upto: int) -> list[ChatMessage]:
-    """What the model sees: user messages, and bot replies the user saw (failed ones are not,
-    nor replies the user replaced with a regenerated one)."""
-    turns: list[ChatMessage] = []
+    """What the model sees when it answers message `upto`: user messages, and bot replies the
+    user saw (failed ones are not, nor replies the user replaced with a regenerated one), in
+    the order of the conversation (see `in_conversation_order`)."""
+    return [
+        ChatMessage(record.role, record.text)
+        for record in in_conversation_order(history, upto)
+        if record.role == "user"
+        or (record.status not in ("failed", "replaced") and record.text.strip())
+    ]
+
+
+def in_conversation_order(history: Sequence[MessageRecord], upto: int) -> list[MessageRecord]:
+    """The rows of `history` (in id order, as stored) up to message `upto`, each user message
+    followed by the replies that answer it.
+
+    Storage order is not conversation order: a user who sends two messages quickly has both
+    stored before the first reply's row is opened (m1, m2, r1, r2), and the model must see
+    m1, r1, m2, r2. A reply sits right after its question (`reply_to`); replies to `upto`
+    itself and to later messages are left out (the reply to `upto` is the one being
+    written). A reply with no recorded question (stored before migration 0005) keeps its
+    place by id, as before."""
+    questions = {r.id for r in history if r.role == "user" and r.id < upto}
+    answers: dict[int, list[MessageRecord]] = {}
+    for record in history:
+        if record.role == "bot" and record.reply_to in questions:
+            answers.setdefault(record.reply_to, []).append(record)
+    ordered: list[MessageRecord] = []
     for record in history:
         if record.id > upto:
             break
-        if record.role == "bot" and (
-            record.status in ("failed", "replaced") or not record.text.strip()
-        ):
-            continue
-        turns.append(ChatMessage(record.role, record.text))
-    return turns
+        if record.role == "user":
+            ordered.append(record)
+            ordered.extend(answers.get(record.id, ()))
+        elif record.reply_to is None:
+            ordered.append(record)
+        # Otherwise a reply placed after its question above, or one to `upto`: left out.
+    return ordered

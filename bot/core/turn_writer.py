@@ -82,12 +82,18 @@ class TurnWriter:
     async def open_reply(self, conversation_id: int, question_id: int) -> int | None:
         """The reply's row exists before generation starts, so a crash leaves it `partial`.
         It is claimed by this process until it ends (`pending` rows of gone processes are
-        kept as `partial` by the others), and its question waits no more."""
+        kept as `partial` by the others), and its question waits no more. The row records
+        its question: the transcript puts the reply right after it, whatever came between."""
         async with self._lock:
             if self._active.forgotten:
                 return None
             row = await MessageRepository(self._session).add(
-                conversation_id, "bot", "", status="pending", model=self._model
+                conversation_id,
+                "bot",
+                "",
+                status="pending",
+                model=self._model,
+                reply_to=question_id,
             )
             await self._shared.claim(row.id)
             try:

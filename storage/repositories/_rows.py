@@ -43,6 +43,7 @@ MESSAGE_COLUMNS = (
     Message.n_tokens,
     Message.model,
     Message.created_at,
+    Message.reply_to,
 )
 
 
@@ -102,6 +103,7 @@ def message_records(rows: Iterable[Any]) -> list[MessageRecord]:
                 ),
                 model=head.model,
                 created_at=head.created_at,
+                reply_to=head.reply_to,
             )
         )
     return records

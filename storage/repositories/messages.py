@@ -49,7 +49,9 @@ class MessageRepository:
         n_tokens: int | None = None,
         telegram_message_ids: Sequence[int] = (),
         model: str | None = None,
+        reply_to: int | None = None,
     ) -> MessageRecord:
+        """`reply_to`: for a bot reply, the user message of this conversation it answers."""
         conversation_id = check_id(conversation_id, "conversation id")
         role = check_role(role)
         text = check_text(text, "message text")
@@ -62,20 +64,21 @@ class MessageRepository:
         )
         if exists is None:
             raise StorageError(f"Conversation {conversation_id} does not exist.")
+        if reply_to is not None:
+            await self._check_question(conversation_id, role, check_id(reply_to, "message id"))
         created_at = utc_now()
-        stmt = (
-            insert(Message)
-            .values(
-                conversation_id=conversation_id,
-                role=role,
-                text=text,
-                status=status,
-                n_tokens=n_tokens,
-                model=model,
-                created_at=created_at,
-            )
-            .returning(Message.id)
-        )
+        values: dict[str, object] = {
+            "conversation_id": conversation_id,
+            "role": role,
+            "text": text,
+            "status": status,
+            "n_tokens": n_tokens,
+            "model": model,
+            "created_at": created_at,
+        }
+        if reply_to is not None:  # left out otherwise: tests write rows of older schemas too
+            values["reply_to"] = reply_to
+        stmt = insert(Message).values(**values).returning(Message.id)
         message_id = (await self._session.execute(stmt)).scalar_one()
         await self._insert_carriers(message_id, carriers)
         return MessageRecord(
@@ -88,6 +91,7 @@ class MessageRepository:
             telegram_message_ids=carriers,
             model=model,
             created_at=created_at,
+            reply_to=reply_to,
         )
 
     async def update(
@@ -206,6 +210,19 @@ class MessageRepository:
             if record is not None:
                 found.append((record, user_record(row[2:]), row[1]))
         return found
+
+    async def _check_question(self, conversation_id: int, role: Role, reply_to: int) -> None:
+        # The transcript would otherwise show a reply after a message it never answered.
+        question = (
+            await self._session.execute(
+                select(Message.conversation_id, Message.role).where(Message.id == reply_to)
+            )
+        ).one_or_none()
+        if role != "bot" or question is None or tuple(question) != (conversation_id, "user"):
+            raise StorageError(
+                f"Only a bot reply can answer a message, and only a user message of its own "
+                f"conversation; message {reply_to} is not one."
+            )
 
     async def _insert_carriers(self, message_id: int, carriers: tuple[int, ...]) -> None:
         if carriers:
