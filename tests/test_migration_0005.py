@@ -45,7 +45,9 @@ async def test_0005_keeps_old_replies_in_place_and_records_new_ones_questions(ur
         await migrate(engine, "0004")
         sessions = create_session_factory(engine)
         async with sessions() as session:
-            await UserRepository(session).upsert(7, username="u", first_name="И", language_code="ru")
+            await UserRepository(session).upsert(
+                7, username="u", first_name="И", language_code="ru"
+            )
             conversation = await ConversationRepository(session).current(7, 7)
             messages = MessageRepository(session)
             old = [
