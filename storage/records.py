@@ -10,6 +10,8 @@ Role = Literal["user", "bot"]
 # "pending": a bot reply row created before generation and updated while it streams.
 # 'replaced': a reply the user regenerated; kept, never shown to the model again.
 Status = Literal["complete", "partial", "failed", "pending", "replaced"]
+# How a reply can end: a final reply not delivered yet is sent by whoever finds it.
+FINAL_STATUSES: tuple[Status, ...] = ("complete", "partial", "failed")
 
 ROLES: tuple[str, ...] = get_args(Role)
 STATUSES: tuple[str, ...] = get_args(Status)
@@ -59,6 +61,8 @@ class MessageRecord:
     # A bot reply: the user message it answers (None for a user message, and for replies
     # stored before migration 0005). The transcript puts each reply right after its question.
     reply_to: int | None = None
+    # A bot reply sent to its chat (every row stored before migration 0006 counts as sent).
+    delivered: bool = True
 
 
 @dataclass(frozen=True, slots=True)

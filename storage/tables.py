@@ -9,12 +9,14 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     ForeignKey,
     Index,
     Integer,
     MetaData,
     String,
+    true,
 )
 from sqlalchemy import text as sql_text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -91,6 +93,9 @@ class Message(Base):
     reply_to: Mapped[int | None] = mapped_column(
         BigInteger, ForeignKey("messages.id", ondelete="CASCADE")
     )
+    # False from the opening of a bot reply until the front end has sent it to its chat: a
+    # final reply still false was left by a process that died in between (see bot.telegram.sweep).
+    delivered: Mapped[bool] = mapped_column(Boolean, server_default=true())
 
     __table_args__ = (
         # The history read: one conversation's rows in id order, straight from this index.

@@ -307,3 +307,27 @@ async def test_a_database_failing_mid_reply_costs_one_sentence(
     assert (stored[0].role, stored[0].text) == ("user", "долгий вопрос")  # kept
     await fast.feed(text_update(OWNER, "снова"))
     assert fast.bot.recorder.texts(OWNER)[-1] == "echo: снова"
+
+
+async def test_a_reply_stored_but_not_sent_before_the_bot_stopped_is_sent_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    async with fast_bot(tmp_path) as first:
+        first.bot.recorder.hold_sends = asyncio.Event()  # the process dies before sending
+        dying = asyncio.create_task(first.feed(text_update(OWNER, "первый")))
+        await first.bot.recorder.send_held.wait()
+        [_, stored] = await first.history(OWNER)
+        assert (stored.status, stored.delivered) == ("complete", False)
+        dying.cancel()  # a kill: nothing after this point runs
+        await asyncio.gather(dying, return_exceptions=True)
+    assert first.bot.recorder.texts(OWNER) == []
+    async with fast_bot(tmp_path) as second:
+        await answer_waiting_messages(second.app)
+        assert second.bot.recorder.texts(OWNER) == ["echo: первый"]
+        [_, sent] = await second.history(OWNER)
+        assert sent.delivered and sent.telegram_message_ids
+        await second.feed(text_update(OWNER, "второй"))
+        assert second.bot.recorder.texts(OWNER) == ["echo: первый", "echo: второй"]
+    async with fast_bot(tmp_path) as third:  # sent once: nothing is left for a later start
+        await answer_waiting_messages(third.app)
+        assert third.bot.recorder.texts(OWNER) == []

@@ -346,3 +346,41 @@ async def test_a_killed_process_leaves_a_partial_reply_and_its_messages_to_the_o
     for task in (running, queued):  # the dead process's tasks are gone with it
         task.cancel()
     await asyncio.gather(running, queued, return_exceptions=True)
+
+
+async def test_a_reply_stored_by_a_process_killed_before_sending_it_is_sent_by_the_other(
+    pair: Pair,
+) -> None:
+    # The first process stores its reply final and is killed before the message goes out.
+    pair.a.bot.recorder.hold_sends = asyncio.Event()  # never set: it dies first
+    pair.b.bot.recorder.on_send = lambda text: pair.log.append(("sent", text))
+    dying = asyncio.create_task(pair.a.feed(text_update(OWNER, "первый")))
+    await pair.a.bot.recorder.send_held.wait()
+    [question, stored] = await pair.history(OWNER)
+    assert (stored.role, stored.status, stored.delivered) == ("bot", "complete", False)
+    # The chat's next message, to the live process: it waits for the unsent reply (held by
+    # a live process, then by nobody), which must reach the chat first.
+    pair.b.sweeper._every = 60.0  # no sweep by the clock: the waiting reply calls it
+    second = asyncio.create_task(pair.b.feed(text_update(OWNER, "второй")))
+    await pair.a.sweeper.close()
+    await pair.a.coordination.abandon()  # the kill: its locks go, its tasks with it
+    dying.cancel()
+    await asyncio.gather(dying, return_exceptions=True)
+    async with asyncio.timeout(10):
+        await second
+    assert pair.b.bot.recorder.texts(OWNER) == ["echo: первый", "echo: второй"]
+    assert pair.a.bot.recorder.texts(OWNER) == []
+    # Sent before the next reply even began.
+    assert pair.log.index(("sent", "echo: первый")) < pair.log.index(("start", "второй"))
+    history = await pair.history(OWNER)
+    assert [(r.role, r.text, r.status, r.delivered) for r in history] == [
+        ("user", "первый", "complete", True),
+        ("bot", "echo: первый", "complete", True),
+        ("user", "второй", "complete", True),
+        ("bot", "echo: второй", "complete", True),
+    ]
+    assert history[1].telegram_message_ids  # tied to the message that carries it now
+    # Sent once: later sweeps find nothing left.
+    await pair.b.sweeper.sweep()
+    assert pair.b.bot.recorder.texts(OWNER) == ["echo: первый", "echo: второй"]
+    assert question.id < stored.id

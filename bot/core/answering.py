@@ -118,10 +118,16 @@ class TurnAnswering:
         reply_id = await writer.open_reply(message.conversation_id, message.id)
         if reply_id is None:
             return Outcome(forgotten=True)
+        # The reply's claim is held until the front end has sent it (`ChatService.delivered`):
+        # a process killed before that leaves it to another, which sends it.
         try:
-            return await self._generate(writer, active, window, message, reply_id, sink)
-        finally:
-            await self.coordination.release(reply_id)
+            outcome = await self._generate(writer, active, window, message, reply_id, sink)
+        except BaseException:
+            await asyncio.shield(self.coordination.release(reply_id))  # whoever finds it sends it
+            raise
+        if outcome.shows_nothing:
+            await self.coordination.release(reply_id)  # nothing to send (or a /forget)
+        return outcome
 
     async def _generate(
         self,
@@ -170,10 +176,15 @@ class TurnAnswering:
             # The user deleted everything, this reply's rows included: store and show nothing.
             return Outcome(forgotten=True)
         status: Status = "complete" if result.finish_reason in ("stop", "length") else "partial"
-        await writer.save_reply(message, reply_id, result.text, status, result.n_tokens)
+        # Nothing written before a shutdown: the message waits for the restart, and this
+        # empty reply is nothing to send.
+        left = active.cut is Cut.SHUTDOWN and not answer_of(result.text).strip()
+        await writer.save_reply(
+            message, reply_id, result.text, status, result.n_tokens, nothing_to_send=left
+        )
         self._note_speed(status, result)
-        if active.cut is Cut.SHUTDOWN and not answer_of(result.text).strip():
-            await writer.mark_waiting(message.id)  # nothing written yet: the restart answers
+        if left:
+            await writer.mark_waiting(message.id)  # the restart answers
             return Outcome(waiting=self._replies.first_to_wait(active.key))
         return Outcome(
             answer_of(result.text),  # as stored: the reasoning is not part of the reply

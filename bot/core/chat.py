@@ -229,17 +229,34 @@ class ChatService(TurnAnswering):
         if count:
             logger.warning("Kept %d interrupted replies of a gone process as partial", count)
 
-    async def interrupted_replies(
+    async def delivered(
+        self, session: AsyncSession, reply_id: int | None, telegram_ids: list[int]
+    ) -> None:
+        """The front end has sent reply `reply_id` to its chat, in these chat messages (none:
+        a terminal, or what was linked while it was written stays). Committed, and only then
+        is the reply's claim let go: until here a process killed leaves it for another to
+        send. Called on every path that ends a shown reply, also when sending failed."""
+        if reply_id is None:
+            return
+        try:
+            await MessageRepository(session).delivered(reply_id, telegram_ids)
+            await session.commit()
+        finally:
+            await asyncio.shield(self.coordination.release(reply_id))
+
+    async def not_delivered(self, reply_id: int | None) -> None:
+        """The front end could not send the reply (it was cut short): whoever finds it, this
+        process's next start or another process's sweep, sends it."""
+        if reply_id is not None:
+            await asyncio.shield(self.coordination.release(reply_id))
+
+    async def undelivered_replies(
         self, session: AsyncSession
     ) -> list[tuple[MessageRecord, UserRecord, int]]:
-        """With several processes: (reply, its user, chat id) a gone process left being
-        written, claimed for this one to show in the chat and then `keep_shown`."""
-        return await self.coordination.interrupted(session)
-
-    async def keep_shown(self, session: AsyncSession, reply_ids: list[int]) -> None:
-        count = await self.coordination.kept(session, reply_ids)
-        if count:
-            logger.warning("Kept %d interrupted replies of a gone process as partial", count)
+        """(reply, its user, chat id) stored but never sent to the chat, oldest first: left by
+        the last run; with several processes, by a gone one (claimed for this one to send,
+        and `delivered` then)."""
+        return await self.coordination.undelivered(session)
 
     async def waiting_messages(
         self, session: AsyncSession

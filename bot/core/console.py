@@ -210,7 +210,13 @@ class Console:
                 reply = ConsoleReply(self._out, self._texts)
                 outcome = await self._service.reply(session, Turn(user, LOCAL_USER, text), reply)
                 if not outcome.shows_nothing:
-                    await reply.finish(outcome.text, self._texts.notes_for(outcome))
+                    try:
+                        await reply.finish(outcome.text, self._texts.notes_for(outcome))
+                    except BaseException:
+                        await self._service.not_delivered(outcome.bot_message_id)
+                        raise
+                    # Printed: sent, as far as a terminal goes.
+                    await self._service.delivered(session, outcome.bot_message_id, [])
 
     async def _chats(self, session: AsyncSession, words: list[str]) -> None:
         """List the conversations, or continue (`N`) or delete (`del N`) the N-th listed."""

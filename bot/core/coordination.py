@@ -13,8 +13,11 @@ PostgreSQL: `SharedCoordination`, any number of processes on one database. What 
   free belongs to a process that died or shut down: any live process adopts and answers it
   (`adopt_waiting`, run by the sweep). A message answered already is never answered again:
   the status is read again after the claim is taken.
-- A reply row being written is claimed by its process; a `pending` reply whose claim is free
-  was left by a dead process and is kept as `partial`, never touching a live one.
+- A reply row is claimed by its process from its opening until the front end has sent it to
+  the chat (`ChatService.delivered`). A reply whose claim is free while it is `pending` or
+  stored final but not delivered was left by a dead process: another process keeps it as
+  written (`partial`) and sends it (`undelivered`, run by the sweep), never touching a live
+  one. Until then the chat's next reply waits, so the chat sees its replies in order.
 - /stop is written to the database; every process with replies polls it.
 All locks are session-level advisory locks on one connection per process (storage.advisory),
 so PostgreSQL itself releases them when a process dies.
@@ -34,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.core.update_once import SharedUpdates, UpdateTurn
 from storage.advisory import AdvisoryLocks, LockKey, conversation_lock, row_lock
-from storage.records import MessageRecord, Status, UserRecord
+from storage.records import FINAL_STATUSES, MessageRecord, Status, UserRecord
 from storage.repositories import MessageRepository
 from storage.repositories.shared import (
     PendingRepository,
@@ -97,12 +100,10 @@ class Coordination(Protocol):
 
     async def keep_interrupted(self, session: AsyncSession) -> int: ...
 
-    async def interrupted(self, session: AsyncSession) -> list[Waiting]:
-        """Claim the replies gone processes left `pending` and return them (the reply, its
-        user, chat id), oldest first, to be shown in their chats; then `kept` ends them."""
+    async def undelivered(self, session: AsyncSession) -> list[Waiting]:
+        """The replies left unsent (the reply, its user, chat id), oldest first; with several
+        processes, only those of gone processes, claimed for this one to send."""
         ...
-
-    async def kept(self, session: AsyncSession, reply_ids: list[int]) -> int: ...
 
     async def adopt_waiting(self, session: AsyncSession) -> list[Waiting]: ...
 
@@ -169,11 +170,9 @@ class LocalCoordination:
     async def keep_interrupted(self, session: AsyncSession) -> int:
         return await MessageRepository(session).mark_pending_as_partial()
 
-    async def interrupted(self, session: AsyncSession) -> list[Waiting]:
-        return []  # one process: kept at the start, before the bot runs
-
-    async def kept(self, session: AsyncSession, reply_ids: list[int]) -> int:
-        return 0
+    async def undelivered(self, session: AsyncSession) -> list[Waiting]:
+        pending = PendingRepository(session)
+        return await pending.with_chats(await pending.undelivered_final())
 
     async def adopt_waiting(self, session: AsyncSession) -> list[Waiting]:
         return await MessageRepository(session).unanswered()
@@ -267,7 +266,8 @@ class SharedCoordination(LocalCoordination):
             return Verdict.ANSWERED
         earlier = await pending.earlier_questions(user_id, chat_id, message_id)
         # Under the chat's lock no live process writes a reply here: one still `pending` was
-        # cut by a kill. It is shown in the chat (see `interrupted`) before the next one.
+        # cut by a kill. It, and a reply stored but not sent yet (by a live process now, or
+        # by a dead one: see `undelivered`), reaches the chat before the next one begins.
         cut = await pending.earlier_replies(user_id, chat_id, message_id)
         await session.commit()
         if not earlier and not cut:
@@ -286,47 +286,37 @@ class SharedCoordination(LocalCoordination):
 
     async def keep_interrupted(self, session: AsyncSession) -> int:
         """Only replies whose process is gone (their claim is free); a live one is running."""
-        free = []
+        pending = PendingRepository(session)
+        free = await self._claim_free(await pending.replies())
         try:
-            for reply_id in await PendingRepository(session).replies():
-                if reply_id not in self._held and await self._try(row_lock(reply_id)):
-                    free.append(reply_id)
-            return await PendingRepository(session).keep_as_partial(free)
+            return len(await pending.keep_as_partial(free))
         finally:
             await session.commit()
             for reply_id in free:
-                await self._locks.unlock(row_lock(reply_id))
+                await self.release(reply_id)
 
-    async def interrupted(self, session: AsyncSession) -> list[Waiting]:
-        """The replies of gone processes, claimed by this one until `kept`: while one is
-        `pending` the chat's next reply waits (see `verdict`), so it is shown first."""
-        claimed = []
-        for reply_id in await PendingRepository(session).replies():
-            if reply_id not in self._held and await self._try(row_lock(reply_id)):
-                self._held.add(reply_id)
-                claimed.append(reply_id)
-        found = await PendingRepository(session).with_chats(claimed)
+    async def undelivered(self, session: AsyncSession) -> list[Waiting]:
+        """The replies gone processes left unsent, claimed by this one until it has sent them
+        (`ChatService.delivered`): one cut while written is kept as `partial` first. While
+        one is unsent the chat's next reply waits (see `verdict`), so it is shown first."""
+        pending = PendingRepository(session)
+        claimed = await self._claim_free(await pending.undelivered())
+        # Read after the claims: one sent (or kept and sent) meanwhile is left out.
+        cut = set(await pending.keep_as_partial(claimed))
+        found = [
+            item
+            for item in await pending.with_chats(claimed)
+            if item[0].id in cut or (not item[0].delivered and item[0].status in FINAL_STATUSES)
+        ]
         await session.commit()
         for reply_id in set(claimed) - {item[0].id for item in found}:
-            await self.release(reply_id)  # ended meanwhile (a /forget)
+            await self.release(reply_id)
         return found
-
-    async def kept(self, session: AsyncSession, reply_ids: list[int]) -> int:
-        try:
-            return await PendingRepository(session).keep_as_partial(reply_ids)
-        finally:
-            await session.commit()
-            for reply_id in reply_ids:
-                await self.release(reply_id)
 
     async def adopt_waiting(self, session: AsyncSession) -> list[Waiting]:
         """Claim the waiting messages nobody holds and return them, oldest first: this
         process answers them now."""
-        claimed = []
-        for message_id in await PendingRepository(session).questions():
-            if message_id not in self._held and await self._try(row_lock(message_id)):
-                self._held.add(message_id)
-                claimed.append(message_id)
+        claimed = await self._claim_free(await PendingRepository(session).questions())
         # Read after the claims: a message answered meanwhile is no longer `pending`.
         waiting = await MessageRepository(session).unanswered()
         await session.commit()
@@ -337,6 +327,15 @@ class SharedCoordination(LocalCoordination):
 
     def update_once(self, update_id: int) -> contextlib.AbstractAsyncContextManager[UpdateTurn]:
         return self._updates.update_once(update_id)
+
+    async def _claim_free(self, row_ids: list[int]) -> list[int]:
+        """Claim those of the rows nobody holds (their process is gone)."""
+        claimed = []
+        for row_id in row_ids:
+            if row_id not in self._held and await self._try(row_lock(row_id)):
+                self._held.add(row_id)
+                claimed.append(row_id)
+        return claimed
 
     async def record_stop(self, session: AsyncSession, user_id: int, chat_id: int) -> bool:
         """Write the stop for the other processes; True if a reply there runs or waits."""

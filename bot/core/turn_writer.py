@@ -81,9 +81,10 @@ class TurnWriter:
 
     async def open_reply(self, conversation_id: int, question_id: int) -> int | None:
         """The reply's row exists before generation starts, so a crash leaves it `partial`.
-        It is claimed by this process until it ends (`pending` rows of gone processes are
-        kept as `partial` by the others), and its question waits no more. The row records
-        its question: the transcript puts the reply right after it, whatever came between."""
+        It is claimed by this process until it is delivered (`ChatService.delivered`; rows
+        of gone processes are kept and sent by the others), and its question waits no more.
+        The row records its question: the transcript puts the reply right after it, whatever
+        came between."""
         async with self._lock:
             if self._active.forgotten:
                 return None
@@ -94,6 +95,7 @@ class TurnWriter:
                 status="pending",
                 model=self._model,
                 reply_to=question_id,
+                delivered=False,
             )
             await self._shared.claim(row.id)
             try:
@@ -112,10 +114,13 @@ class TurnWriter:
         status: Status,
         n_tokens: int | None = None,
         shown_in: list[int] | None = None,
+        *,
+        nothing_to_send: bool = False,
     ) -> None:
         """A message kept from the last run counts as answered once its reply has ended.
         `shown_in`: the chat messages that show the reply so far, linked already while it is
-        written, so that a reply cut short by a kill is tied to what the user saw."""
+        written, so that a reply cut short by a kill is tied to what the user saw.
+        `nothing_to_send`: a reply that ends without anything for the chat counts as sent."""
         async with self._lock:
             if self._active.forgotten:
                 return
@@ -128,13 +133,8 @@ class TurnWriter:
                 n_tokens=n_tokens,
                 telegram_message_ids=shown_in or None,
             )
+            if nothing_to_send:
+                await messages.delivered(reply_id, [])
             if message.status == "pending" and status != "pending":
                 await messages.update(message.id, status="complete")
             await self._session.commit()
-
-
-async def record_delivery(session: AsyncSession, reply_id: int | None, ids: list[int]) -> None:
-    """Link a stored reply to the Telegram messages that carry it."""
-    if ids and reply_id is not None:
-        await MessageRepository(session).update(reply_id, telegram_message_ids=ids)
-        await session.commit()

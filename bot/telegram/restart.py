@@ -1,4 +1,5 @@
-"""After a restart: answer the messages the last run accepted but had no time to answer."""
+"""After a restart: send the replies the last run stored but never sent, then answer the
+messages it accepted but had no time to answer."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ from typing import TYPE_CHECKING
 from aiogram.exceptions import TelegramAPIError
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot.core.turn_writer import record_delivery
 from bot.telegram.delivery import ChatTarget
-from bot.telegram.handlers.regenerate import regenerate_button
+from bot.telegram.final_reply import outcome_of, send_final
 from bot.telegram.reply import TelegramReply
 from bot.telegram.texts import texts_for
 from models.errors import ModelError
@@ -25,8 +25,18 @@ logger = logging.getLogger(__name__)
 
 
 async def start_answering_waiting(app: BotApp) -> asyncio.Task[None] | None:
-    """Before polling starts: one task per message left from the last run, each in its
-    conversation's line already, so a new message is answered after them."""
+    """Before polling starts: the replies the last run left unsent go to their chats (one
+    process: the shared sweep sends those of gone processes), then one task per message left
+    from the last run, each in its conversation's line already, so a new message is answered
+    after them."""
+    chat = app.services.chat
+    if not chat.coordination.shared:
+        async with app.services.sessions() as session:
+            unsent = await chat.undelivered_replies(session)
+        if unsent:
+            logger.info("Sending %d replies the last run stored but did not send", len(unsent))
+        for item in unsent:
+            await send_unsent(app, *item)
     async with app.services.sessions() as session:
         waiting = await app.services.chat.waiting_messages(session)
     if not waiting:
@@ -72,16 +82,14 @@ async def _answer_one(app: BotApp, message: MessageRecord, user: UserRecord, cha
     with services.chat.delivering():
         async with services.sessions() as session, reply:
             outcome = await services.chat.answer_waiting(session, message, user, chat_id, reply)
-            if outcome.shows_nothing:
-                return
-            markup = regenerate_button(texts, user.id, outcome.bot_message_id)
-            ids = await reply.finish(outcome.text, texts.notes_for(outcome), markup)
-            await record_delivery(session, outcome.bot_message_id, ids)
+            if not outcome.shows_nothing:
+                await send_final(services.chat, session, reply, outcome, texts, user.id)
 
 
-async def show_interrupted(app: BotApp, reply: MessageRecord, user: UserRecord, chat: int) -> None:
-    """A reply a killed process was writing, as far as it was saved, with its note: the
-    user saw it being written, and the button asks for another."""
+async def send_unsent(app: BotApp, reply: MessageRecord, user: UserRecord, chat: int) -> None:
+    """A reply stored but never sent (its process was killed first, or cut while writing it:
+    the user saw it being written), as far as it was saved, with the note its status tells
+    and the button that asks for another."""
     texts = texts_for(user.language_code)
     target = ChatTarget(chat, private=chat == user.id)
     shown = TelegramReply(
@@ -91,10 +99,11 @@ async def show_interrupted(app: BotApp, reply: MessageRecord, user: UserRecord, 
         interval=app.dispatcher["settings"].telegram.edit_interval(target.private),
         texts=texts,
     )
+    chat_service = app.services.chat
     try:
         async with app.services.sessions() as session, shown:
-            markup = regenerate_button(texts, user.id, reply.id)
-            ids = await shown.finish(reply.text, [texts.reply_interrupted], markup)
-            await record_delivery(session, reply.id, ids)
-    except (TelegramAPIError, SQLAlchemyError, StorageError) as exc:
-        logger.error("an interrupted reply was not shown: %s", exc)
+            await send_final(chat_service, session, shown, outcome_of(reply), texts, user.id)
+    except (SQLAlchemyError, StorageError) as exc:
+        logger.error("a reply left unsent was not sent: %s", exc)
+    finally:
+        await chat_service.not_delivered(reply.id)  # sent or not, this process lets it go

@@ -1,8 +1,8 @@
 """With several bot processes on one database (PostgreSQL), each runs this: it reads the
 stops asked for in any process while replies run here, and it picks up what a process that
-died or shut down left behind: its `pending` replies are shown in their chats with a note and
-kept as `partial`, its waiting
-messages are answered here, oldest first, in their chats' turn."""
+died or shut down left behind: its replies stored but not sent, and those cut while written
+(kept as `partial`), are sent to their chats with the note their status tells, and its
+waiting messages are answered here, oldest first, in their chats' turn."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot.telegram.restart import answer_logged, show_interrupted
+from bot.telegram.restart import answer_logged, send_unsent
 from storage.errors import StorageError
 
 if TYPE_CHECKING:
@@ -54,10 +54,14 @@ class Sweeper:
         """One look: returns how many waiting messages this process took on."""
         services = self._app.services
         async with services.sessions() as session:
-            for reply, user, chat_id in await services.chat.interrupted_replies(session):
-                # Shown while still `pending`: the chat's next reply waits until it is kept.
-                await show_interrupted(self._app, reply, user, chat_id)
-                await services.chat.keep_shown(session, [reply.id])
+            # Sent one by one, oldest first: the chat's next reply waits until each is sent.
+            unsent = await services.chat.undelivered_replies(session)
+            try:
+                for reply, user, chat_id in unsent:
+                    await send_unsent(self._app, reply, user, chat_id)
+            finally:  # claimed and not reached (the sweep was cut short): let them go
+                for reply, _, _ in unsent:
+                    await services.chat.not_delivered(reply.id)
             waiting = await services.chat.waiting_messages(session)
             await services.chat.coordination.prune(session)
         if waiting:

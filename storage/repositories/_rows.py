@@ -44,6 +44,7 @@ MESSAGE_COLUMNS = (
     Message.model,
     Message.created_at,
     Message.reply_to,
+    Message.delivered,
 )
 
 
@@ -104,6 +105,7 @@ def message_records(rows: Iterable[Any]) -> list[MessageRecord]:
                 model=head.model,
                 created_at=head.created_at,
                 reply_to=head.reply_to,
+                delivered=head.delivered,
             )
         )
     return records

@@ -50,8 +50,10 @@ class MessageRepository:
         telegram_message_ids: Sequence[int] = (),
         model: str | None = None,
         reply_to: int | None = None,
+        delivered: bool = True,
     ) -> MessageRecord:
-        """`reply_to`: for a bot reply, the user message of this conversation it answers."""
+        """`reply_to`: for a bot reply, the user message of this conversation it answers.
+        `delivered`: False for a reply the front end has yet to send (see `delivered`)."""
         conversation_id = check_id(conversation_id, "conversation id")
         role = check_role(role)
         text = check_text(text, "message text")
@@ -78,6 +80,8 @@ class MessageRepository:
         }
         if reply_to is not None:  # left out otherwise: tests write rows of older schemas too
             values["reply_to"] = reply_to
+        if not delivered:  # likewise
+            values["delivered"] = False
         stmt = insert(Message).values(**values).returning(Message.id)
         message_id = (await self._session.execute(stmt)).scalar_one()
         await self._insert_carriers(message_id, carriers)
@@ -92,6 +96,7 @@ class MessageRepository:
             model=model,
             created_at=created_at,
             reply_to=reply_to,
+            delivered=delivered,
         )
 
     async def update(
@@ -140,6 +145,24 @@ class MessageRepository:
                 .execution_options(**NO_SYNC)
             )
             await self._insert_carriers(message_id, carriers)
+
+    async def delivered(self, reply_id: int, telegram_message_ids: Sequence[int]) -> bool:
+        """The reply reached its chat in these Telegram messages (none: its ids stay as they
+        are). False when the row is gone (a /forget came first): nothing is written then."""
+        carriers = check_ids(telegram_message_ids, "Telegram message id")
+        stmt = (
+            update(Message)
+            .where(Message.id == check_id(reply_id, "message id"))
+            .values(delivered=True)
+            .returning(Message.id)
+            .execution_options(**NO_SYNC)
+        )
+        # The update locks the row: a /forget deleting it waits until this commits.
+        if (await self._session.execute(stmt)).scalar_one_or_none() is None:
+            return False
+        if carriers:
+            await self.update(reply_id, telegram_message_ids=carriers)
+        return True
 
     async def get(self, message_id: int) -> MessageRecord | None:
         stmt = messages_query().where(Message.id == check_id(message_id, "message id"))

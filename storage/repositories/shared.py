@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.records import MessageRecord, UserRecord
+from storage.records import FINAL_STATUSES, MessageRecord, UserRecord
 from storage.repositories._rows import NO_SYNC, USER_COLUMNS, upsert_insert, user_record, utc_now
 from storage.repositories.messages import MessageRepository
 from storage.tables import (
@@ -22,6 +22,9 @@ from storage.tables import (
     User,
 )
 from storage.validation import check_id
+
+# A final reply its front end has not sent yet (a `pending` one is still being written).
+UNDELIVERED = and_(Message.delivered.is_(False), Message.status.in_(FINAL_STATUSES))
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +146,8 @@ class PendingRepository:
         return list((await self._session.scalars(stmt)).all())
 
     async def earlier_replies(self, user_id: int, chat_id: int, message_id: int) -> list[int]:
-        """The replies in that chat opened before `message_id` and still being written."""
+        """The replies in that chat to messages before `message_id` (or, with no recorded
+        question, opened before it) still being written or not yet sent to the chat."""
         stmt = (
             select(Message.id)
             .join(Conversation, Conversation.id == Message.conversation_id)
@@ -151,8 +155,11 @@ class PendingRepository:
                 Conversation.user_id == user_id,
                 Conversation.chat_id == chat_id,
                 Message.role == "bot",
-                Message.status == "pending",
-                Message.id < message_id,
+                or_(Message.status == "pending", UNDELIVERED),
+                or_(
+                    Message.reply_to < message_id,
+                    and_(Message.reply_to.is_(None), Message.id < message_id),
+                ),
             )
             .order_by(Message.id)
         )
@@ -174,6 +181,17 @@ class PendingRepository:
 
     async def replies(self) -> list[int]:
         stmt = select(Message.id).where(Message.role == "bot", Message.status == "pending")
+        return list((await self._session.scalars(stmt.order_by(Message.id))).all())
+
+    async def undelivered(self) -> list[int]:
+        """Replies still being written or stored final and not sent to their chat yet."""
+        stmt = select(Message.id).where(
+            Message.role == "bot", or_(Message.status == "pending", UNDELIVERED)
+        )
+        return list((await self._session.scalars(stmt.order_by(Message.id))).all())
+
+    async def undelivered_final(self) -> list[int]:
+        stmt = select(Message.id).where(Message.role == "bot", UNDELIVERED)
         return list((await self._session.scalars(stmt.order_by(Message.id))).all())
 
     async def questions(self) -> list[int]:
@@ -200,10 +218,11 @@ class PendingRepository:
                 found.append((record, user_record(row[2:]), row[1]))
         return found
 
-    async def keep_as_partial(self, reply_ids: Sequence[int]) -> int:
-        """Replies whose process is gone: kept as written so far, if still `pending`."""
+    async def keep_as_partial(self, reply_ids: Sequence[int]) -> list[int]:
+        """Replies whose process is gone: kept as written so far, if still `pending`; returns
+        the ids that were."""
         if not reply_ids:
-            return 0
+            return []
         stmt = (
             update(Message)
             .where(Message.id.in_(reply_ids), Message.status == "pending")
@@ -211,7 +230,7 @@ class PendingRepository:
             .returning(Message.id)
             .execution_options(**NO_SYNC)
         )
-        return len((await self._session.execute(stmt)).all())
+        return list((await self._session.scalars(stmt)).all())
 
     async def complete_question(self, message_id: int) -> None:
         """A user message being answered (or given up on) is no longer waiting."""

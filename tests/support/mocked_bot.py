@@ -4,8 +4,9 @@ own return type."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -28,6 +29,11 @@ class RecordingSession(BaseSession):
         super().__init__()
         self.requests: list[TelegramMethod[Any]] = []
         self._ids = itertools.count(1000)
+        # Set: every sendMessage waits for it (the process "dies" before its message goes);
+        # `send_held` says one is waiting.
+        self.hold_sends: asyncio.Event | None = None
+        self.send_held = asyncio.Event()
+        self.on_send: Callable[[str], None] | None = None  # told each text sent
 
     async def make_request(
         self,
@@ -35,7 +41,12 @@ class RecordingSession(BaseSession):
         method: TelegramMethod[T],
         timeout: int | None = None,  # noqa: ASYNC109 - aiogram's signature
     ) -> T:
+        if isinstance(method, SendMessage) and self.hold_sends is not None:
+            self.send_held.set()
+            await self.hold_sends.wait()
         self.requests.append(method)
+        if isinstance(method, SendMessage) and self.on_send is not None:
+            self.on_send(method.text)
         if isinstance(method, GetMe):
             return BOT_USER  # type: ignore[return-value]
         if isinstance(method, SendMessage | EditMessageText):

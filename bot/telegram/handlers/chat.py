@@ -17,11 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.core.chat import ChatService
 from bot.core.ordering import Place
 from bot.core.turn import Turn
-from bot.core.turn_writer import record_delivery
 from bot.settings import Settings
 from bot.telegram.delivery import DraftSupport
 from bot.telegram.filters import Addressed, text_for_bot
-from bot.telegram.handlers.regenerate import regenerate_button
+from bot.telegram.final_reply import send_final
 from bot.telegram.reply import TelegramReply, target_of
 from bot.telegram.texts import Texts
 from bot.telegram.typing_indicator import TypingIndicators
@@ -80,20 +79,15 @@ async def _answer(
         logger.error("no reply: %s", exc)
         await message.answer(texts.reply_failed)
         return
-    try:
-        if outcome.waiting:
-            # With several processes, another one takes the message over within a second.
-            shared = chat_service.coordination.shared
+    if outcome.waiting:
+        # With several processes, another one takes the message over within a second.
+        shared = chat_service.coordination.shared
+        try:
             await message.answer(texts.answer_elsewhere if shared else texts.answer_after_restart)
-        if outcome.shows_nothing:
-            return
-        markup = regenerate_button(texts, turn.user.id, outcome.bot_message_id)
-        ids = await reply.finish(outcome.text, texts.notes_for(outcome), markup)
-    except TelegramAPIError as exc:
-        # The reply is stored already; Telegram would not take it even after retries.
-        logger.exception("reply not delivered to chat %d: %s", message.chat.id, exc)
-        ids = reply.message_ids  # what did reach the chat, if anything
-    await record_delivery(session, outcome.bot_message_id, ids)
+        except TelegramAPIError as exc:
+            logger.error("chat %d not told its message waits: %s", message.chat.id, exc)
+    if not outcome.shows_nothing:
+        await send_final(chat_service, session, reply, outcome, texts, turn.user.id)
 
 
 async def on_edited(

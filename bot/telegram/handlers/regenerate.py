@@ -12,16 +12,15 @@ import logging
 from aiogram import Bot, Router
 from aiogram.enums import ChatType
 from aiogram.exceptions import TelegramAPIError
-from aiogram.filters.callback_data import CallbackData
-from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
+from aiogram.types import CallbackQuery, Message
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.core.chat import ChatService
 from bot.core.ordering import Place
 from bot.core.regenerate import replace_reply
-from bot.core.turn_writer import record_delivery
 from bot.settings import Settings
 from bot.telegram.delivery import DraftSupport
+from bot.telegram.final_reply import RegenerateChoice, send_final
 from bot.telegram.reply import TelegramReply, target_of
 from bot.telegram.texts import Texts
 from bot.telegram.typing_indicator import TypingIndicators
@@ -29,17 +28,6 @@ from models.errors import ModelError
 from storage.records import UserRecord
 
 logger = logging.getLogger(__name__)
-
-
-class RegenerateChoice(CallbackData, prefix="regen"):
-    user_id: int
-    reply_id: int  # the stored reply
-
-
-def regenerate_button(texts: Texts, user_id: int, reply_id: int | None) -> InlineKeyboardMarkup:
-    data = RegenerateChoice(user_id=user_id, reply_id=reply_id or 0).pack()
-    button = InlineKeyboardButton(text=texts.regenerate_button, callback_data=data)
-    return InlineKeyboardMarkup(inline_keyboard=[[button]])
 
 
 async def on_regenerate(
@@ -81,15 +69,8 @@ async def on_regenerate(
             logger.error("no reply: %s", exc)
             await message.answer(texts.reply_failed)
             return
-        if outcome.shows_nothing:
-            return
-        markup = regenerate_button(texts, user.id, outcome.bot_message_id)
-        try:
-            ids = await reply.finish(outcome.text, texts.notes_for(outcome), markup)
-        except TelegramAPIError as exc:
-            logger.exception("reply not delivered to chat %d: %s", message.chat.id, exc)
-            ids = reply.message_ids
-        await record_delivery(session, outcome.bot_message_id, ids)
+        if not outcome.shows_nothing:
+            await send_final(chat_service, session, reply, outcome, texts, user.id)
 
 
 def build_router() -> Router:
