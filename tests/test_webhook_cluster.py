@@ -15,19 +15,18 @@ import random
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from html import escape
 from pathlib import Path
 
 import pytest
-from fake_telegram import FakeTelegram, parse_text
+from fake_telegram import FakeTelegram
 from fake_telegram_webhook import Delivery
+from shown import shown as shown_text
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from test_bot_webhook import fresh_postgres
 from tiny_model import TinyModelShape, build_tiny_gguf
 from webhook_bots import BotProcess, set_webhook_calls, webhook_bots
 
-from bot.telegram.formatting import to_html
 from bot.telegram.texts import RU
 from storage.database import create_engine
 
@@ -217,12 +216,7 @@ async def all_answered(tg: FakeTelegram, watch: Watch) -> None:
 
 
 def shown(row: Row, notes: list[str]) -> str:
-    """A stored reply as the chat shows it: formatted as the bot sends it, parsed as
-    Telegram does."""
-    body = row.text.strip()
-    parts = [to_html(body)] if body else []
-    parts += [f"<i>{escape(note)}</i>" for note in notes or ([] if body else [RU.empty_reply])]
-    return parse_text("\n\n".join(parts), "HTML", None)[0]
+    return shown_text(row.text, notes)
 
 
 async def test_two_processes_answer_fifty_messages_once_in_order_through_a_kill(
