@@ -243,6 +243,17 @@ async def test_a_server_that_takes_the_connection_and_says_nothing_does_not_hang
         mute.close()
 
 
+async def test_a_server_running_another_vocabulary_is_refused_with_one_sentence(
+    tmp_path: Path, server: llama_server.LlamaServer
+) -> None:
+    other = build_tiny_gguf(tmp_path / "other.gguf", shape=TinyModelShape(vocab_size=900))
+    with pytest.raises(EngineStartError) as caught:
+        await load_remote_model(config(other, [server.url]))
+    message = str(caught.value)
+    assert server.url in message and "same GGUF" in message
+    assert message.endswith(".") and message.count(". ") == 0
+
+
 async def test_a_wrong_api_key_is_a_clear_error(byte_gguf: Path) -> None:
     with llama_server.servers(byte_gguf, api_key="right-key") as [guarded]:
         with pytest.raises(EngineStartError, match="ENGINE_API_KEY"):

@@ -75,13 +75,14 @@ async def load_remote_model(config: RemoteConfig, ledger: SlotLedger | None = No
             model=config.model,
             health_interval=config.health_interval,
             quick_timeout=2 * config.connect_timeout + 1,
+            n_vocab=tokenizer.n_vocab,
         )
         servers = list(pool.servers.values())
         up = await asyncio.gather(*(pool.probe(s) for s in servers))
         if not any(up):
             refusals = [s.refusal for s in servers if s.refusal]
             if refusals:
-                raise EngineStartError(f"{refusals[0]}: check ENGINE_API_KEY.")
+                raise EngineStartError(refusals[0])
             raise EngineStartError(
                 "No engine server answered at ENGINE_URLS (" + ", ".join(config.urls) + "); "
                 "start llama-server or vLLM there, or fix the addresses."

@@ -65,9 +65,11 @@ class ServerPool:
         model: str | None,
         health_interval: float,
         quick_timeout: float = 11.0,
+        n_vocab: int | None = None,
     ) -> None:
         self.servers = {url: Server(url) for url in urls}
         self._session = session
+        self._n_vocab = n_vocab  # MODEL_PATH's: the servers must run the same vocabulary
         # /health, /props and slot erasing: a server that takes the connection and then
         # says nothing must not hold up the start or the health checks of the others.
         self.quick = aiohttp.ClientTimeout(total=quick_timeout)
@@ -109,11 +111,13 @@ class ServerPool:
             server.slots = int(props["total_slots"])
             settings = props.get("default_generation_settings", {})
             server.n_ctx = int(settings["n_ctx"]) if "n_ctx" in settings else None
+            self._check_vocabulary(server, await self._get_json(server, "/v1/models"))
             return
         if self._api == "llama-server":
             raise ValueError(f"{server.url}/props does not describe a llama-server")
         server.dialect = "openai"
         models = await self._get_json(server, "/v1/models")
+        self._check_vocabulary(server, models)
         data = (models or {}).get("data") or []
         first: dict[str, Any] = data[0] if data else {}
         server.model = self._model or first.get("id")
@@ -121,10 +125,23 @@ class ServerPool:
         if "max_model_len" in first:
             server.n_ctx = int(first["max_model_len"])
 
+    def _check_vocabulary(self, server: Server, models: dict[str, Any] | None) -> None:
+        """Token-id prompts mean nothing to a model with another vocabulary: refuse such a
+        server rather than send it garbage (llama-server tells n_vocab; vLLM does not)."""
+        data = (models or {}).get("data") or [{}]
+        served = (data[0].get("meta") or {}).get("n_vocab")
+        if self._n_vocab is not None and served is not None and int(served) != self._n_vocab:
+            raise EngineRefused(
+                f"{server.url} runs a model with {served} tokens in its vocabulary, MODEL_PATH "
+                f"one with {self._n_vocab}: give the bot and the servers the same GGUF file."
+            )
+
     async def _get_json(self, server: Server, path: str) -> dict[str, Any] | None:
         async with self._session.get(f"{server.url}{path}", timeout=self.quick) as response:
             if response.status == 401:
-                raise EngineRefused(f"{server.url} refused ENGINE_API_KEY (401 on {path})")
+                raise EngineRefused(
+                    f"{server.url} refused ENGINE_API_KEY (401 on {path}): check ENGINE_API_KEY."
+                )
             if response.status != 200:
                 return None
             body = await response.json(content_type=None)
