@@ -28,6 +28,7 @@ from tiny_model import TinyModelShape, build_tiny_gguf
 from webhook_bots import BotProcess, set_webhook_calls, webhook_bots
 
 from bot.telegram.texts import RU
+from storage.column_types import unescape_text
 from storage.database import create_engine
 
 POSTGRES_URL = os.environ.get("DOMOVOY_TEST_POSTGRES_URL")
@@ -76,7 +77,9 @@ def split(rows: list[Row], user: int) -> tuple[list[Row], list[Row]]:
 
 async def snapshot(db: AsyncEngine) -> list[Row]:
     async with db.connect() as conn:  # one statement: a consistent picture
-        return [Row(*row) for row in (await conn.execute(SNAPSHOT)).all()]
+        rows = (await conn.execute(SNAPSHOT)).all()
+    # Raw SQL reads the text as stored: undo storage.column_types' escapes (NUL, \x1a, ...).
+    return [Row(*row[:4], unescape_text(row[4])) for row in rows]
 
 
 def line_violations(rows: list[Row], cut: set[int]) -> list[str]:
