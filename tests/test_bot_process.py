@@ -13,6 +13,7 @@ import pytest
 from fake_telegram import FakeTelegram
 from shown import shown
 from tiny_model import TinyModelShape, build_tiny_gguf
+from webhook_bots import BOT_ENV
 
 from bot.telegram.texts import RU
 from storage.database import create_engine, create_session_factory
@@ -24,23 +25,6 @@ WELL_FORMED_TOKEN = "999:" + "A" * 35
 # About 150 tokens a second here: a 1500-token reply takes ~10 s, so it is surely still being
 # written when the test interrupts it.
 SLOW_SHAPE = TinyModelShape(n_embd=512, n_head=8, n_layer=12, n_ff=2048)
-BOT_ENV = [
-    "BOT_TOKEN",
-    "MODEL_PATH",
-    "LORA_PATH",
-    "DATA_DIR",
-    "DATABASE_URL",
-    "TELEGRAM_API_URL",
-    "ALLOWED_USERS",
-    "ADMIN_USERS",
-    "MAX_NEW_TOKENS",
-    "N_CTX",
-    "SYSTEM_PROMPT",
-    "TEMPLATE",
-    "USE_DRAFTS",
-    "USE_RICH_MESSAGES",
-    "STATE_DIRECTORY",
-]
 
 
 @pytest.fixture(scope="module")

@@ -4,39 +4,21 @@ cleanly."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from alembic import command
+from migration_db import database_url, downgrade
 
 from bot.core.turn import to_turns
-from storage.database import alembic_config, create_engine, create_session_factory, migrate
+from storage.database import create_engine, create_session_factory, migrate
 from storage.errors import StorageError
 from storage.repositories import ConversationRepository, MessageRepository, UserRepository
-
-POSTGRES_URL = os.environ.get("DOMOVOY_TEST_POSTGRES_URL")
-
-
-def _downgrade(connection: sa.Connection, revision: str) -> None:
-    config = alembic_config()
-    config.attributes["connection"] = connection
-    command.downgrade(config, revision)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'domovoy.db'}"
-    if not POSTGRES_URL:
-        pytest.skip("set DOMOVOY_TEST_POSTGRES_URL=postgresql+asyncpg://... (wiped) to run")
-    engine = create_engine(POSTGRES_URL)
-    async with engine.begin() as conn:
-        await conn.exec_driver_sql("DROP SCHEMA IF EXISTS public CASCADE")
-        await conn.exec_driver_sql("CREATE SCHEMA public")
-    await engine.dispose()
-    return POSTGRES_URL
+    return await database_url(request.param, tmp_path)
 
 
 async def test_0005_keeps_old_replies_in_place_and_records_new_ones_questions(url: str) -> None:
@@ -91,7 +73,7 @@ async def test_0005_keeps_old_replies_in_place_and_records_new_ones_questions(ur
         assert [r.text for r in left] == ["m1", "m2", "r1", "r2", "m4"]
 
         async with engine.connect() as conn:
-            await conn.run_sync(_downgrade, "0004")
+            await conn.run_sync(downgrade, "0004")
             await conn.commit()
         async with engine.connect() as conn:
             columns = await conn.run_sync(
